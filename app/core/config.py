@@ -1,0 +1,71 @@
+"""Typed settings, read from the environment (prefix ``INGEST_``) and validated at start-up."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INGEST_", env_file=".env", extra="ignore")
+
+    # None means "not configured": `ingest dev` then starts embedded servers, other
+    # commands refuse to start with a clear message.
+    database_url: str | None = None
+    redis_url: str | None = None
+
+    api_prefix: str = "/api/v1/ingest"
+    storage_dir: Path = Path(".ingest/storage")
+    importers_dir: Path | None = None
+    queue_name: str = "ingest:queue"
+
+    max_upload_mb: int = Field(512, ge=1)
+    max_show_rows: int = Field(100, ge=0)
+    max_push_items: int = Field(1000, ge=1)
+
+    allow_private_urls: bool = False
+    url_timeout_seconds: float = Field(30.0, gt=0)
+    url_max_mb: int = Field(512, ge=1)
+    url_max_redirects: int = Field(5, ge=0)
+
+    worker_max_jobs: int = Field(4, ge=1)
+    run_timeout_minutes: int = Field(120, ge=1)
+    reconcile_interval_seconds: int = Field(60, ge=5)
+
+    near_duplicate_threshold: float = Field(0.6, ge=0, le=1)
+    idempotency_ttl_hours: int = Field(24, ge=1)
+
+    log_level: str = "INFO"
+
+    @field_validator("api_prefix")
+    @classmethod
+    def _normalise_prefix(cls, value: str) -> str:
+        value = "/" + value.strip("/")
+        return "" if value == "/" else value
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise RuntimeError(
+                "INGEST_DATABASE_URL is not set "
+                "(e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/ingest); "
+                "`ingest dev` starts an embedded PostgreSQL instead."
+            )
+        return self.database_url
+
+    def require_redis_url(self) -> str:
+        if not self.redis_url:
+            raise RuntimeError(
+                "INGEST_REDIS_URL is not set (e.g. redis://127.0.0.1:6379/0); "
+                "`ingest dev` starts an embedded Redis instead."
+            )
+        return self.redis_url
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,73 @@
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Request, status
+
+from app.auth.dependencies import Principal, require
+from app.auth.permissions import ADMIN, VIEW
+from app.core.deps import SessionDep
+from app.core.errors import error_responses
+from app.core.pagination import PageParams, One, Page, page_params, paginate
+from app.importers import service
+from app.importers.schemas import ImporterOut
+
+router = APIRouter(prefix="/importers", tags=["importers"], responses=error_responses(401, 403))
+
+
+@router.get("", response_model=Page[ImporterOut])
+async def list_importers(
+    request: Request,
+    session: SessionDep,
+    params: Annotated[PageParams, Depends(page_params)],
+    principal: Annotated[Principal, Depends(require(VIEW))],
+) -> dict[str, Any]:
+    """List importers."""
+    return await paginate(
+        session, request, service.list_query(principal.source_id), params, service.to_resource
+    )
+
+
+@router.get("/{slug}", response_model=One[ImporterOut], responses=error_responses(404))
+async def show_importer(
+    slug: str, session: SessionDep, principal: Annotated[Principal, Depends(require(VIEW))]
+) -> dict[str, Any]:
+    """Show one importer (source headers are never returned)."""
+    importer = await service.get_by_slug(session, slug, source_id=principal.source_id)
+    return {"data": service.to_resource(importer)}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=One[ImporterOut],
+    responses=error_responses(422),
+)
+async def create_importer(
+    session: SessionDep,
+    _: Annotated[Principal, Depends(require(ADMIN))],
+    body: Annotated[dict[str, Any], Body(description="An importer definition (SPEC §3).")],
+) -> dict[str, Any]:
+    """Create an importer."""
+    importer = await service.create(session, service.parse_definition(body))
+    return {"data": service.to_resource(importer)}
+
+
+@router.put("/{slug}", response_model=One[ImporterOut], responses=error_responses(404, 409, 422))
+async def update_importer(
+    slug: str,
+    session: SessionDep,
+    _: Annotated[Principal, Depends(require(ADMIN))],
+    body: Annotated[dict[str, Any], Body(description="The full importer definition.")],
+) -> dict[str, Any]:
+    """Replace an importer's definition."""
+    importer = await service.get_by_slug(session, slug)
+    body.setdefault("slug", slug)
+    importer = await service.update(session, importer, service.parse_definition(body))
+    return {"data": service.to_resource(importer)}
+
+
+@router.delete("/{slug}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404))
+async def delete_importer(
+    slug: str, session: SessionDep, _: Annotated[Principal, Depends(require(ADMIN))]
+) -> None:
+    """Delete an importer and its runs (records stay)."""
+    await service.delete(session, await service.get_by_slug(session, slug))

@@ -1,0 +1,163 @@
+"""The importer definition of SPEC §3: one pydantic model for the API and the YAML files."""
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from croniter import croniter
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+FieldType = Literal[
+    "string", "integer", "number", "boolean", "date", "datetime", "email", "url", "list", "json"
+]
+Transform = Literal["trim", "lower", "upper", "slug", "strip_non_digits"]
+Format = Literal["csv", "xlsx", "json", "ndjson", "auto"]
+SLUG_RE = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FieldSpec(Strict):
+    # `from` is a Python keyword, hence the alias.
+    from_: list[str] | None = Field(None, alias="from")
+    type: FieldType = "string"
+    required: bool = False
+    min: float | None = None
+    max: float | None = None
+    min_length: int | None = Field(None, ge=0)
+    max_length: int | None = Field(None, ge=0)
+    pattern: str | None = None
+    in_: list[Any] | None = Field(None, alias="in")
+    default: Any = None
+    null_if: list[str] = Field(default_factory=list)
+    format: str | None = None
+    separator: str = ","
+    transform: list[Transform] = Field(default_factory=list)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("from_", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("transform", "null_if", mode="before")
+    @classmethod
+    def _listify(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"The pattern is not a valid regular expression: {exc}.") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _format_fits_type(self) -> "FieldSpec":
+        if self.format is not None and self.type in ("date", "datetime"):
+            try:
+                datetime.now().strftime(self.format)
+            except ValueError as exc:
+                raise ValueError(f"The format is not a valid date format: {exc}.") from exc
+        return self
+
+
+class SourceSpec(Strict):
+    type: Literal["upload", "url", "push"] = "upload"
+    url: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    schedule: str | None = None
+    sheet: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http_only(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/]+", value, re.I):
+            raise ValueError("The url must be an http or https URL.")
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None and not croniter.is_valid(value):
+            raise ValueError(f"The schedule {value!r} is not a valid cron expression.")
+        return value
+
+    @model_validator(mode="after")
+    def _url_rules(self) -> "SourceSpec":
+        if self.type == "url" and not self.url:
+            raise ValueError("A url source needs a url.")
+        if self.type != "url" and (self.url or self.schedule):
+            raise ValueError("Only a url source takes a url and a schedule.")
+        return self
+
+
+class ImporterDefinition(Strict):
+    slug: Annotated[str, Field(min_length=1, max_length=100, pattern=SLUG_RE)]
+    name: str = ""
+    description: str | None = None
+    format: Format = "auto"
+    source: SourceSpec = Field(default_factory=SourceSpec)
+    source_id: int | None = None
+    collection: Annotated[str, Field(min_length=1, max_length=100)]
+    key: list[str] = Field(default_factory=list)
+    on_duplicate: Literal["skip", "update", "fail", "update_if_newer"] = "update"
+    compare_field: str | None = None
+    action: Literal["append", "upsert", "replace"] = "upsert"
+    approval: Literal["auto", "manual"] = "auto"
+    strict_headers: bool = False
+    chunk_size: int = Field(1000, ge=1, le=50_000)
+    failure_threshold: float = Field(100, ge=0, le=100)
+    log_rows: Literal["all", "failed"] = "all"
+    # Review workflow: the field compared for near duplicates, and the item's external id.
+    title_field: str | None = None
+    external_id_field: str | None = None
+    fields: dict[str, FieldSpec] = Field(min_length=1)
+
+    @field_validator("key", mode="before")
+    @classmethod
+    def _key_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ImporterDefinition":
+        if not self.name:
+            self.name = self.slug
+        if self.action != "append" and not self.key:
+            raise ValueError("A key is required unless the action is append.")
+        for name in self.key:
+            if name not in self.fields:
+                raise ValueError(f"The key field {name!r} is not one of the fields.")
+        if self.on_duplicate == "update_if_newer":
+            if not self.compare_field:
+                raise ValueError("update_if_newer needs a compare_field.")
+            if self.compare_field not in self.fields:
+                raise ValueError(f"The compare_field {self.compare_field!r} is not a field.")
+        for attr in ("title_field", "external_id_field"):
+            value = getattr(self, attr)
+            if value is not None and value not in self.fields:
+                raise ValueError(f"The {attr} {value!r} is not one of the fields.")
+        return self
+
+    def public(self) -> dict[str, Any]:
+        """The definition as the API shows it: source headers are write-only."""
+        data = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        data["source"].pop("headers", None)
+        data["source"]["has_headers"] = bool(self.source.headers)
+        return data
+
+
+class ImporterOut(BaseModel):
+    id: int
+    slug: str
+    name: str
+    origin: str
+    definition: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime

@@ -1,0 +1,117 @@
+"""Importer persistence: the API and the YAML loader both go through here."""
+
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import Select, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.errors import Conflict, NotFound, ValidationFailed, validation_errors
+from app.importers.models import Importer
+from app.importers.schemas import ImporterDefinition
+
+
+def parse_definition(data: Any) -> ImporterDefinition:
+    """Validate a raw definition, turning pydantic errors into a 422 with field paths."""
+    try:
+        return ImporterDefinition.model_validate(data)
+    except ValidationError as exc:
+        errors = validation_errors(exc.errors())
+        first = next(iter(errors.items()))
+        raise ValidationFailed(f"{first[0]}: {first[1][0]}", errors=errors) from exc
+
+
+def definition_of(importer: Importer) -> ImporterDefinition:
+    return ImporterDefinition.model_validate(importer.definition)
+
+
+def visible(stmt: Select[Any], source_id: int | None) -> Select[Any]:
+    return stmt if source_id is None else stmt.where(Importer.source_id == source_id)
+
+
+def list_query(source_id: int | None = None) -> Select[tuple[Importer]]:
+    return visible(select(Importer), source_id).order_by(Importer.slug)
+
+
+async def get_by_slug(
+    session: AsyncSession, slug: str, *, source_id: int | None = None
+) -> Importer:
+    importer = await session.scalar(visible(select(Importer).where(Importer.slug == slug), source_id))
+    if importer is None:
+        raise NotFound(f"Importer '{slug}' not found.")
+    return importer
+
+
+def _stored(definition: ImporterDefinition) -> dict[str, Any]:
+    return definition.model_dump(mode="json", by_alias=True)
+
+
+async def create(session: AsyncSession, definition: ImporterDefinition, origin: str = "api") -> Importer:
+    exists = await session.scalar(select(Importer.id).where(Importer.slug == definition.slug))
+    if exists is not None:
+        raise ValidationFailed(
+            "The slug has already been taken.", errors={"slug": ["The slug has already been taken."]}
+        )
+    importer = Importer(
+        slug=definition.slug,
+        name=definition.name,
+        definition=_stored(definition),
+        source_id=definition.source_id,
+        origin=origin,
+    )
+    session.add(importer)
+    await session.flush()
+    return importer
+
+
+async def update(session: AsyncSession, importer: Importer, definition: ImporterDefinition) -> Importer:
+    if definition.slug != importer.slug:
+        raise Conflict("The slug of an importer cannot change.")
+    # Headers are write-only: an update that leaves them out keeps the stored ones.
+    if not definition.source.headers:
+        definition.source.headers = definition_of(importer).source.headers
+    importer.name = definition.name
+    importer.definition = _stored(definition)
+    importer.source_id = definition.source_id
+    await session.flush()
+    return importer
+
+
+async def delete(session: AsyncSession, importer: Importer) -> None:
+    await session.delete(importer)
+    await session.flush()
+
+
+async def upsert_from_file(session: AsyncSession, definition: ImporterDefinition) -> None:
+    stmt = insert(Importer).values(
+        slug=definition.slug,
+        name=definition.name,
+        definition=_stored(definition),
+        source_id=definition.source_id,
+        origin="file",
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[Importer.slug],
+        set_={
+            "name": stmt.excluded.name,
+            "definition": stmt.excluded.definition,
+            "source_id": stmt.excluded.source_id,
+            "origin": "file",
+        },
+    )
+    await session.execute(stmt)
+
+
+def to_resource(importer: Importer) -> dict[str, Any]:
+    definition = definition_of(importer)
+    return {
+        "id": importer.id,
+        "slug": importer.slug,
+        "name": importer.name,
+        "origin": importer.origin,
+        "source_id": importer.source_id,
+        "definition": definition.public(),
+        "created_at": importer.created_at,
+        "updated_at": importer.updated_at,
+    }

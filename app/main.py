@@ -1,0 +1,72 @@
+"""The application factory: routers, error handlers and the lifespan that owns resources."""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app import __version__
+from app.core.config import Settings, get_settings
+from app.core.db import create_engine, create_session_factory
+from app.core.errors import install_error_handlers
+from app.core.health import router as health_router
+from app.core.queue import close_queue, create_queue
+from app.routers import api_routers
+
+log = logging.getLogger("ingest")
+
+DESCRIPTION = """
+Ingest brings data in: uploaded CSV/XLSX/JSON files, URLs pulled on a schedule and JSON items
+pushed by agents. Every row is validated and de-duplicated; good rows land in the records
+store (or are staged for review). Every route but health needs `Authorization: Bearer <token>`.
+"""
+
+TAGS = [
+    {"name": "runs", "description": "Runs: upload, trigger, watch, cancel, retry, errors."},
+    {"name": "importers", "description": "Pipeline definitions."},
+    {"name": "records", "description": "The canonical records store."},
+    {"name": "sources", "description": "Ingestion sources and their tokens."},
+    {"name": "items", "description": "Agent push and the human review workflow."},
+    {"name": "tokens", "description": "Service tokens."},
+    {"name": "health", "description": "Liveness and readiness probes."},
+]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings.require_database_url())
+        app.state.engine = engine
+        app.state.session_factory = create_session_factory(engine)
+        app.state.queue = create_queue(settings.require_redis_url(), settings.queue_name)
+        settings.storage_dir.mkdir(parents=True, exist_ok=True)
+        await on_startup(app)
+        try:
+            yield
+        finally:
+            await close_queue(app.state.queue)
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Ingest",
+        version=__version__,
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(health_router)
+    for router in api_routers():
+        app.include_router(router, prefix=settings.api_prefix)
+    return app
+
+
+async def on_startup(app: FastAPI) -> None:
+    """Start-up work that needs the database (importer files are loaded here)."""
+    from app.importers.loader import load_importers_on_startup
+
+    await load_importers_on_startup(app)

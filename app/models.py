@@ -1,0 +1,22 @@
+"""Imports every model so the metadata is complete (Alembic, tests)."""
+
+from app.auth.models import Token, User
+from app.importers.models import Importer
+from app.items.models import Item, ItemEvent
+from app.records.models import Record
+from app.runs.models import IdempotencyKey, Run, RunChunk, RunRow
+from app.sources.models import Source
+
+__all__ = [
+    "IdempotencyKey",
+    "Importer",
+    "Item",
+    "ItemEvent",
+    "Record",
+    "Run",
+    "RunChunk",
+    "RunRow",
+    "Source",
+    "Token",
+    "User",
+]

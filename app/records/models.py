@@ -1,0 +1,28 @@
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.core.db import Base
+
+
+class Record(Base):
+    __tablename__ = "records"
+    __table_args__ = (
+        Index("uq_records_collection_key", "collection", "key", unique=True),
+        Index("ix_records_collection_last_run", "collection", "last_run_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    collection: Mapped[str] = mapped_column(String(100))
+    key: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    content_hash: Mapped[str] = mapped_column(String(32))
+    source_id: Mapped[int | None] = mapped_column(ForeignKey("sources.id", ondelete="SET NULL"))
+    # Deliberately no foreign key: pruning old runs must not touch records.
+    last_run_id: Mapped[int | None]
+    last_row_number: Mapped[int | None]
+    created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+    updated_at: Mapped[datetime] = mapped_column(server_default=text("now()"))

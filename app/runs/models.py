@@ -1,0 +1,109 @@
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, ForeignKey, Index, LargeBinary, String, Text, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.core.db import Base, TimestampMixin
+
+FINISHED_STATUSES = ("completed", "completed_with_errors", "failed", "cancelled")
+
+
+class Run(TimestampMixin, Base):
+    __tablename__ = "runs"
+    __table_args__ = (
+        Index("ix_runs_importer_id_created", "importer_id", "id"),
+        Index("ix_runs_status_id", "status", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    importer_id: Mapped[int] = mapped_column(ForeignKey("importers.id", ondelete="CASCADE"))
+    importer_slug: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(24), default="pending")
+    kind: Mapped[str] = mapped_column(String(10), default="upload")  # upload|url|push|retry|cli
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    token_id: Mapped[int | None] = mapped_column(ForeignKey("tokens.id", ondelete="SET NULL"))
+    source_id: Mapped[int | None] = mapped_column(
+        ForeignKey("sources.id", ondelete="SET NULL"), index=True
+    )
+    parent_run_id: Mapped[int | None] = mapped_column(
+        ForeignKey("runs.id", ondelete="SET NULL"), index=True
+    )
+    dry_run: Mapped[bool] = mapped_column(default=False)
+
+    original_filename: Mapped[str | None] = mapped_column(Text)
+    file_key: Mapped[str | None] = mapped_column(Text)
+    file_sha256: Mapped[str | None] = mapped_column(String(64))
+    file_size: Mapped[int | None] = mapped_column(BigInteger)
+    # The input's columns in their original order (JSONB objects do not keep key order).
+    columns: Mapped[list[str] | None] = mapped_column(JSONB)
+
+    total: Mapped[int] = mapped_column(default=0)
+    processed: Mapped[int] = mapped_column(default=0)
+    successful: Mapped[int] = mapped_column(default=0)
+    failed: Mapped[int] = mapped_column(default=0)
+    skipped: Mapped[int] = mapped_column(default=0)
+    summary: Mapped[dict[str, int] | None] = mapped_column(JSONB)
+    error_message: Mapped[str | None] = mapped_column(Text)
+
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    # Chunks written so far by the splitter; chunks_total stays NULL until splitting ends.
+    chunks_written: Mapped[int] = mapped_column(default=0)
+    chunks_total: Mapped[int | None]
+    chunks_done: Mapped[int] = mapped_column(default=0)
+
+    started_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]
+
+
+class RunChunk(Base):
+    """The exactly-once ledger: a chunk's payload and whether it has been applied."""
+
+    __tablename__ = "run_chunks"
+    __table_args__ = (
+        Index("ix_run_chunks_pending", "run_id", postgresql_where=text("status = 'pending'")),
+    )
+
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    index: Mapped[int] = mapped_column(primary_key=True)
+    status: Mapped[str] = mapped_column(String(10), default="pending")  # pending|done|cancelled
+    first_row: Mapped[int]
+    row_count: Mapped[int]
+    attempts: Mapped[int] = mapped_column(default=0)
+    # Parsed rows as JSON, dropped once the chunk is applied.
+    payload: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+    applied_at: Mapped[datetime | None]
+
+
+class RunRow(Base):
+    __tablename__ = "run_rows"
+    __table_args__ = (
+        Index("uq_run_rows_run_id_row_number", "run_id", "row_number", unique=True),
+        Index("ix_run_rows_run_id_status", "run_id", "status", "row_number"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    row_number: Mapped[int]
+    status: Mapped[str] = mapped_column(String(10))  # success | failed | skipped
+    outcome: Mapped[str | None] = mapped_column(String(10))
+    record_key: Mapped[str | None] = mapped_column(Text)
+    data: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    errors: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+
+
+class IdempotencyKey(Base):
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (Index("uq_idempotency_keys_scope", "token_id", "key", unique=True),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("tokens.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(255))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int]
+    response: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(server_default=text("now()"), index=True)
