@@ -2,20 +2,23 @@
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select, text
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.models import Token, User
 from app.auth.permissions import effective_abilities
-from app.core.deps import SessionDep
+from app.core.db import unit_of_work
 from app.core.errors import Forbidden, Unauthenticated
 from app.core.security import hash_token, is_well_formed
 
 bearer = HTTPBearer(auto_error=False, description="A service token (`ingest_...`).")
+
+# `last_used_at` is written at most this often per token, not on every request.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -32,9 +35,13 @@ class Principal:
 
 
 async def authenticate(session: AsyncSession, raw_token: str | None) -> Principal:
+    """The principal behind ``raw_token``, or ``Unauthenticated`` (missing, malformed, unknown,
+    expired or revoked: one answer for all, so a caller learns nothing about which)."""
     # The format and checksum are checked before any query: garbage never reaches the DB.
     if not raw_token or not is_well_formed(raw_token):
         raise Unauthenticated()
+    # Looked up by SHA-256, never compared as plaintext: what the index lookup's timing could
+    # hint at is the hash, which does not help anyone find a token.
     row = (
         await session.execute(
             select(Token, User.role)
@@ -48,14 +55,20 @@ async def authenticate(session: AsyncSession, raw_token: str | None) -> Principa
     now = datetime.now(UTC)
     if token.revoked_at is not None or (token.expires_at is not None and token.expires_at <= now):
         raise Unauthenticated()
-    # Written at most once a minute per token, not on every request.
-    await session.execute(
-        text(
-            "UPDATE tokens SET last_used_at = now() WHERE id = :id AND "
-            "(last_used_at IS NULL OR last_used_at < now() - interval '1 minute')"
-        ),
-        {"id": token.id},
-    )
+    if token.last_used_at is None or token.last_used_at < now - LAST_USED_RESOLUTION:
+        # The condition is repeated in SQL so concurrent requests write it once.
+        await session.execute(
+            update(Token)
+            .where(
+                Token.id == token.id,
+                or_(
+                    Token.last_used_at.is_(None),
+                    Token.last_used_at < func.now() - LAST_USED_RESOLUTION,
+                ),
+            )
+            .values(last_used_at=func.now())
+            .execution_options(synchronize_session=False)
+        )
     return Principal(
         user_id=token.user_id,
         token_id=token.id,
@@ -67,10 +80,17 @@ async def authenticate(session: AsyncSession, raw_token: str | None) -> Principa
 
 async def current_principal(
     request: Request,
-    session: SessionDep,
     credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
 ) -> Principal:
-    principal = await authenticate(session, credentials.credentials if credentials else None)
+    raw_token = credentials.credentials if credentials else None
+    if not raw_token or not is_well_formed(raw_token):
+        raise Unauthenticated()
+    # Authentication is its own short transaction, not part of the request's unit of work:
+    # the `last_used_at` write is kept even when the request then fails (403, 404, 422), and
+    # the token row is not locked for the length of the request (a long upload would block
+    # the token's revocation and its other requests).
+    async with unit_of_work(request.app.state.session_factory) as session:
+        principal = await authenticate(session, raw_token)
     request.state.principal = principal
     return principal
 
@@ -83,5 +103,6 @@ def require(ability: str) -> Callable[..., Awaitable[Principal]]:
             raise Forbidden(f"This action requires the {ability} ability.")
         return principal
 
+    # The route-table test finds each route's ability here; a route without one fails CI.
     dependency.required_ability = ability  # type: ignore[attr-defined]
     return dependency

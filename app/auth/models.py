@@ -1,7 +1,7 @@
 from datetime import datetime
 
 from sqlalchemy import ARRAY, ForeignKey, String, Text, text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.core.db import Base, TimestampMixin
 
@@ -33,3 +33,5 @@ class Token(Base):
     revoked_at: Mapped[datetime | None]
     last_used_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+
+    user: Mapped[User] = relationship(lazy="raise")

@@ -43,31 +43,36 @@ async def show_importer(
 )
 async def create_importer(
     session: SessionDep,
-    _: Annotated[Principal, Depends(require(ADMIN))],
+    principal: Annotated[Principal, Depends(require(ADMIN))],
     body: Annotated[dict[str, Any], Body(description="An importer definition (SPEC §3).")],
 ) -> dict[str, Any]:
     """Create an importer."""
-    importer = await service.create(session, service.parse_definition(body))
+    definition = service.parse_definition(body)
+    service.check_source_scope(definition, principal.source_id)
+    importer = await service.create(session, definition)
     return {"data": service.to_resource(importer)}
 
 
-@router.put("/{slug}", response_model=One[ImporterOut], responses=error_responses(404, 409, 422))
+@router.put("/{slug}", response_model=One[ImporterOut], responses=error_responses(403, 404, 409, 422))
 async def update_importer(
     slug: str,
     session: SessionDep,
-    _: Annotated[Principal, Depends(require(ADMIN))],
+    principal: Annotated[Principal, Depends(require(ADMIN))],
     body: Annotated[dict[str, Any], Body(description="The full importer definition.")],
 ) -> dict[str, Any]:
     """Replace an importer's definition."""
-    importer = await service.get_by_slug(session, slug)
+    importer = await service.get_by_slug(session, slug, source_id=principal.source_id)
     body.setdefault("slug", slug)
-    importer = await service.update(session, importer, service.parse_definition(body))
+    definition = service.parse_definition(body)
+    service.check_source_scope(definition, principal.source_id)
+    importer = await service.update(session, importer, definition)
     return {"data": service.to_resource(importer)}
 
 
 @router.delete("/{slug}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404))
 async def delete_importer(
-    slug: str, session: SessionDep, _: Annotated[Principal, Depends(require(ADMIN))]
+    slug: str, session: SessionDep, principal: Annotated[Principal, Depends(require(ADMIN))]
 ) -> None:
     """Delete an importer and its runs (records stay)."""
-    await service.delete(session, await service.get_by_slug(session, slug))
+    importer = await service.get_by_slug(session, slug, source_id=principal.source_id)
+    await service.delete(session, importer)

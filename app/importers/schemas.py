@@ -158,6 +158,7 @@ class ImporterOut(BaseModel):
     slug: str
     name: str
     origin: str
+    source_id: int | None
     definition: dict[str, Any]
     created_at: datetime
     updated_at: datetime

@@ -7,7 +7,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.errors import Conflict, NotFound, ValidationFailed, validation_errors
+from app.core.errors import Conflict, Forbidden, NotFound, ValidationFailed, validation_errors
 from app.importers.models import Importer
 from app.importers.schemas import ImporterDefinition
 
@@ -43,6 +43,12 @@ async def get_by_slug(
     return importer
 
 
+def check_source_scope(definition: ImporterDefinition, source_id: int | None) -> None:
+    """A source-bound token may only define importers of its own source."""
+    if source_id is not None and definition.source_id != source_id:
+        raise Forbidden("This token may only manage importers of its own source.")
+
+
 def _stored(definition: ImporterDefinition) -> dict[str, Any]:
     return definition.model_dump(mode="json", by_alias=True)
 
@@ -62,6 +68,7 @@ async def create(session: AsyncSession, definition: ImporterDefinition, origin: 
     )
     session.add(importer)
     await session.flush()
+    await session.refresh(importer)
     return importer
 
 
@@ -75,6 +82,7 @@ async def update(session: AsyncSession, importer: Importer, definition: Importer
     importer.definition = _stored(definition)
     importer.source_id = definition.source_id
     await session.flush()
+    await session.refresh(importer)  # server-side updated_at
     return importer
 
 

@@ -1,0 +1,2 @@
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

@@ -1,0 +1,103 @@
+"""The app's route table as test cases: each API route, the abilities it requires, and a URL
+with dummy path parameters. Built from ``app.routes``, so new routes are covered as they land."""
+
+from dataclasses import dataclass
+from typing import Any
+
+import fastapi.routing
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
+from starlette.convertors import IntegerConvertor
+
+from app.auth.permissions import ABILITIES, ADMIN, VIEW
+from app.core.config import Settings
+from app.main import create_app
+
+# Routes that answer without a token (SPEC §5). Docs and the OpenAPI schema are not APIRoutes.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+DUMMY_INT = 999999
+DUMMY_STR = "x"
+
+# Newer FastAPI includes routers lazily: `app.routes` then holds one entry per included router,
+# which `iter_route_contexts` flattens into the routes as served. Older FastAPI lists them flat.
+_served_routes: Any = getattr(fastapi.routing, "iter_route_contexts", iter)
+
+
+@dataclass(frozen=True)
+class RouteCase:
+    method: str
+    path: str  # the template, e.g. /api/v1/ingest/importers/{slug}
+    url: str  # with dummy path parameters
+    abilities: frozenset[str]  # from every require(...) in the dependency tree
+    has_body: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.method} {self.path}"
+
+    def token_lacking_abilities(self) -> list[str]:
+        """Abilities for a token that lacks what this route needs (admin implies all)."""
+        rest = [a for a in ABILITIES if a != ADMIN and a not in self.abilities]
+        return rest or [VIEW]
+
+    def request_kwargs(self) -> dict[str, Any]:
+        return {"json": {}} if self.has_body else {}
+
+
+def required_abilities(dependant: Dependant) -> frozenset[str]:
+    """Every ability a ``require(ability)`` dependency in this tree demands."""
+    found: set[str] = set()
+    ability = getattr(dependant.call, "required_ability", None)
+    if ability is not None:
+        found.add(ability)
+    for sub in dependant.dependencies:
+        found |= required_abilities(sub)
+    return frozenset(found)
+
+
+def _path_annotations(dependant: Dependant) -> dict[str, Any]:
+    found = {field.name: field.field_info.annotation for field in dependant.path_params}
+    for sub in dependant.dependencies:
+        found.update(_path_annotations(sub))
+    return found
+
+
+def _dummy_url(route: Any) -> str:
+    annotations = _path_annotations(route.dependant)
+    values: dict[str, Any] = {}
+    for name, convertor in route.param_convertors.items():
+        is_int = isinstance(convertor, IntegerConvertor) or annotations.get(name) is int
+        values[name] = DUMMY_INT if is_int else DUMMY_STR
+    url: str = route.path_format.format(**values)
+    return url
+
+
+def api_routes() -> list[RouteCase]:
+    # Building the app opens no connection (the lifespan does), so this runs at collection.
+    app = create_app(
+        Settings(
+            database_url="postgresql://unused@127.0.0.1:1/unused",
+            redis_url="redis://127.0.0.1:1/0",
+            _env_file=None,
+        )
+    )
+    cases = []
+    # Each route as the app serves it: prefix and router-level dependencies included.
+    for route in _served_routes(app.routes):
+        original = getattr(route, "original_route", route)
+        if not isinstance(original, APIRoute) or route.path in PUBLIC_PATHS:
+            continue
+        for method in sorted(route.methods):
+            cases.append(
+                RouteCase(
+                    method=method,
+                    path=route.path_format,
+                    url=_dummy_url(route),
+                    abilities=required_abilities(route.dependant),
+                    has_body=route.body_field is not None,
+                )
+            )
+    return sorted(cases, key=lambda case: (case.path, case.method))
+
+
+ROUTES = api_routes()
