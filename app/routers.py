@@ -9,7 +9,8 @@ def api_routers() -> list[APIRouter]:
     from app.importers.router import router as importers
     from app.items.router import router as items
     from app.records.router import router as records
+    from app.runs.intake import router as intake
     from app.runs.router import router as runs
     from app.sources.router import router as sources
 
-    return [importers, sources, items, records, tokens, runs]
+    return [importers, sources, items, records, tokens, intake, runs]

@@ -146,3 +146,68 @@ def make_token(session_factory: async_sessionmaker[AsyncSession]) -> MakeToken:
 @pytest.fixture
 async def admin_headers(make_token: MakeToken) -> dict[str, str]:
     return {"Authorization": f"Bearer {await make_token()}"}
+
+
+RunWorker = Callable[[], Awaitable[None]]
+
+
+@pytest.fixture
+def run_worker(settings: Settings, queue: ArqRedis) -> RunWorker:
+    """``await run_worker()`` drains the queue with a real arq worker in burst mode."""
+
+    async def run() -> None:
+        from app.worker.settings import create_worker
+
+        worker = create_worker(settings, burst=True)
+        try:
+            await worker.main()
+        finally:
+            await worker.close()
+
+    return run
+
+
+Upload = Callable[..., Awaitable[httpx.Response]]
+
+
+@pytest.fixture
+def upload(client: httpx.AsyncClient, admin_headers: dict[str, str]) -> Upload:
+    """``await upload("slug", "a,b\\n1,2\\n", filename="x.csv", dry_run=False)``."""
+
+    async def send(
+        slug: str,
+        content: str | bytes,
+        *,
+        filename: str = "data.csv",
+        dry_run: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        body = content.encode() if isinstance(content, str) else content
+        return await client.post(
+            f"/api/v1/ingest/upload/{slug}",
+            files={"file": (filename, body)},
+            data={"dry_run": "1"} if dry_run else {},
+            headers=headers or admin_headers,
+        )
+
+    return send
+
+
+CreateImporter = Callable[..., Awaitable[dict[str, Any]]]
+
+
+@pytest.fixture
+def create_importer(client: httpx.AsyncClient, admin_headers: dict[str, str]) -> CreateImporter:
+    """``await create_importer(slug="users", fields={...}, key=["email"], ...)`` via the API."""
+
+    async def create(**definition: Any) -> dict[str, Any]:
+        definition.setdefault("slug", "users")
+        definition.setdefault("collection", definition["slug"])
+        response = await client.post(
+            "/api/v1/ingest/importers", json=definition, headers=admin_headers
+        )
+        assert response.status_code == 201, response.text
+        data: dict[str, Any] = response.json()["data"]
+        return data
+
+    return create

@@ -7,7 +7,8 @@ from pathlib import Path
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from app.core import embedded, migrate as migrations
+from app.core import embedded
+from app.core import migrate as migrations
 
 _ROOT = Path(__file__).resolve().parents[1] / ".ingest"
 

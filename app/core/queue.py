@@ -10,6 +10,7 @@ import orjson
 from arq import ArqRedis
 from arq.connections import RedisSettings
 from redis.asyncio import ConnectionPool
+from redis.exceptions import RedisError
 
 
 def serialize(obj: dict[str, Any]) -> bytes:
@@ -58,3 +59,16 @@ async def enqueue_chunk(queue: ArqRedis, run_id: int, index: int) -> None:
 
 async def close_queue(queue: ArqRedis) -> None:
     await queue.aclose(close_connection_pool=True)
+
+
+async def enqueue_quietly(enqueue: Any, *args: Any) -> bool:
+    """Enqueue, but treat an unreachable Redis as "later": Postgres already holds the work and
+    the reconciler enqueues it again."""
+    import logging
+
+    try:
+        await enqueue(*args)
+    except (OSError, RedisError) as exc:
+        logging.getLogger("ingest.queue").warning("enqueue deferred to the reconciler: %s", exc)
+        return False
+    return True

@@ -14,7 +14,9 @@ TOKEN_PREFIX = "ingest_"
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _SECRET_LEN = 40  # 40 base62 characters ≈ 238 bits of entropy
 _CHECK_LEN = 6
-_TOKEN_RE = re.compile(rf"^{TOKEN_PREFIX}([0-9A-Za-z]{{{_SECRET_LEN}}})([0-9A-Za-z]{{{_CHECK_LEN}}})$")
+_TOKEN_RE = re.compile(
+    rf"^{TOKEN_PREFIX}([0-9A-Za-z]{{{_SECRET_LEN}}})([0-9A-Za-z]{{{_CHECK_LEN}}})$"
+)
 
 
 def _base62(number: int, width: int) -> str:

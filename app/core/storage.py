@@ -1,4 +1,7 @@
-"""Stored files live under ``INGEST_STORAGE_DIR`` with server-made keys; client names are metadata."""
+"""Stored files live under ``INGEST_STORAGE_DIR`` with server-made keys.
+
+Client-supplied file names are kept only as metadata.
+"""
 
 import re
 import secrets

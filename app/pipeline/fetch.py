@@ -1,0 +1,88 @@
+"""Download a URL source into storage: http(s) only, redirects capped and re-checked, size and
+time capped, private and loopback addresses refused unless ``INGEST_ALLOW_PRIVATE_URLS``."""
+
+import asyncio
+import hashlib
+import ipaddress
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from app.core.config import Settings
+from app.core.storage import extension, new_key, path_for, remove_quietly
+
+
+class FetchError(Exception):
+    """The URL could not be fetched; str() is the run's error message."""
+
+
+@dataclass(frozen=True)
+class Fetched:
+    key: str
+    size: int
+    sha256: str
+    filename: str
+
+
+async def check_url(url: str, allow_private: bool) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise FetchError(f"Only http and https URLs can be fetched: {url}")
+    if allow_private:
+        return
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            parts.hostname,
+            parts.port or (443 if parts.scheme == "https" else 80),
+            type=socket.SOCK_STREAM,
+        )
+    except socket.gaierror as exc:
+        raise FetchError(f"Cannot resolve {parts.hostname}: {exc.strerror}") from exc
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if not address.is_global:
+            raise FetchError(
+                f"Refusing to fetch {parts.hostname}: it resolves to a private or loopback "
+                f"address ({address}). Set INGEST_ALLOW_PRIVATE_URLS=true to allow it."
+            )
+
+
+async def fetch_to_storage(url: str, headers: dict[str, str], settings: Settings) -> Fetched:
+    limit = settings.url_max_mb * 1024 * 1024
+    name = Path(urlsplit(url).path).name or "download"
+    key = new_key(extension(name))
+    path = path_for(settings.storage_dir, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    size = 0
+    timeout = httpx.Timeout(settings.url_timeout_seconds)
+    try:
+        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+            for _ in range(settings.url_max_redirects + 1):
+                await check_url(url, settings.allow_private_urls)
+                async with client.stream("GET", url, headers=headers) as response:
+                    if response.is_redirect:
+                        url = urljoin(url, response.headers.get("location", ""))
+                        continue
+                    if response.status_code >= 400:
+                        raise FetchError(f"The URL answered HTTP {response.status_code}.")
+                    with path.open("wb") as out:
+                        async for block in response.aiter_bytes(1 << 16):
+                            size += len(block)
+                            if size > limit:
+                                raise FetchError(
+                                    f"The download is over the {settings.url_max_mb} MB limit."
+                                )
+                            digest.update(block)
+                            out.write(block)
+                    return Fetched(key, size, digest.hexdigest(), name)
+            raise FetchError(f"Too many redirects (more than {settings.url_max_redirects}).")
+    except httpx.HTTPError as exc:
+        remove_quietly(path)
+        raise FetchError(f"Fetching the URL failed: {type(exc).__name__}: {exc}") from exc
+    except FetchError:
+        remove_quietly(path)
+        raise

@@ -1,0 +1,154 @@
+"""Front doors that start a run from a file: upload and URL trigger."""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Request, status
+
+from app.auth.dependencies import Principal, require
+from app.auth.permissions import CREATE
+from app.core.deps import QueueDep, SessionDep, SettingsDep, after_commit
+from app.core.errors import UnsupportedMediaType, ValidationFailed, error_responses
+from app.core.idempotency import IdempotencyDep, fingerprint
+from app.core.pagination import One
+from app.core.queue import enqueue_quietly, enqueue_split
+from app.core.uploads import receive_upload
+from app.importers import service as importers
+from app.pipeline.readers import ReadError, detect_format
+from app.runs import service
+from app.runs.schemas import RunOut, TriggerIn
+
+router = APIRouter(tags=["runs"], responses=error_responses(401, 403, 404))
+
+TRUE = {"1", "true", "yes", "on"}
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "dry_run": {"type": "boolean", "default": False},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _check_format(path: Any, filename: str, expected: str) -> None:
+    """Refuse at the door what is obviously not the importer's format (415)."""
+    try:
+        detected = detect_format(path, filename)
+    except ReadError as exc:
+        raise UnsupportedMediaType(str(exc)) from exc
+    with open(path, "rb") as fh:
+        is_zip = fh.read(4) == b"PK\x03\x04"
+    if expected != "auto" and (is_zip != (expected == "xlsx")):
+        raise UnsupportedMediaType(
+            f"The file looks like {detected}, but importer expects {expected}."
+        )
+
+
+@router.post(
+    "/upload/{importer}",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=One[RunOut],
+    responses=error_responses(413, 415, 422),
+    openapi_extra=UPLOAD_BODY,
+)
+async def upload(
+    importer: str,
+    request: Request,
+    session: SessionDep,
+    queue: QueueDep,
+    settings: SettingsDep,
+    principal: Annotated[Principal, Depends(require(CREATE))],
+    idempotency: IdempotencyDep,
+) -> Any:
+    """Upload a file (multipart `file`, optional `dry_run`) and start a run."""
+    found = await importers.get_by_slug(session, importer, source_id=principal.source_id)
+    definition = importers.definition_of(found)
+    if definition.source.type != "upload":
+        raise ValidationFailed(
+            f"Importer '{importer}' takes no uploads (its source is {definition.source.type})."
+        )
+    received = await receive_upload(request, settings.storage_dir, settings.max_upload_bytes)
+    dry_run = received.fields.get("dry_run", "").strip().lower() in TRUE
+    request_hash = fingerprint("upload", importer, received.sha256, str(dry_run))
+    try:
+        replayed = await idempotency.replay(session, principal.token_id, request_hash)
+        if replayed is not None:
+            received.discard()
+            return replayed
+        assert received.path is not None
+        _check_format(received.path, received.filename or "", definition.format)
+        run = await service.create_run(
+            session,
+            found,
+            kind="upload",
+            user_id=principal.user_id,
+            token_id=principal.token_id,
+            dry_run=dry_run,
+            original_filename=received.filename,
+            file_key=received.key,
+            file_sha256=received.sha256,
+            file_size=received.size,
+        )
+    except BaseException:
+        received.discard()
+        raise
+    result = {"data": service.to_resource(run)}
+    await idempotency.save(session, principal.token_id, request_hash, 202, result)
+    after_commit(request, lambda: _start(queue, run.id))
+    return result
+
+
+@router.post(
+    "/trigger/{importer}",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=One[RunOut],
+    responses=error_responses(422),
+)
+async def trigger(
+    importer: str,
+    request: Request,
+    session: SessionDep,
+    queue: QueueDep,
+    principal: Annotated[Principal, Depends(require(CREATE))],
+    idempotency: IdempotencyDep,
+    body: Annotated[TriggerIn | None, Body()] = None,
+) -> Any:
+    """Start a run of a URL importer now (the worker downloads the file)."""
+    found = await importers.get_by_slug(session, importer, source_id=principal.source_id)
+    definition = importers.definition_of(found)
+    if definition.source.type != "url":
+        raise ValidationFailed(
+            f"Importer '{importer}' has no URL source to trigger (its source is "
+            f"{definition.source.type})."
+        )
+    dry_run = bool(body and body.dry_run)
+    request_hash = fingerprint("trigger", importer, str(dry_run))
+    replayed = await idempotency.replay(session, principal.token_id, request_hash)
+    if replayed is not None:
+        return replayed
+    run = await service.create_run(
+        session,
+        found,
+        kind="url",
+        user_id=principal.user_id,
+        token_id=principal.token_id,
+        dry_run=dry_run,
+    )
+    result = {"data": service.to_resource(run)}
+    await idempotency.save(session, principal.token_id, request_hash, 202, result)
+    after_commit(request, lambda: _start(queue, run.id))
+    return result
+
+
+async def _start(queue: Any, run_id: int) -> None:
+    await enqueue_quietly(enqueue_split, queue, run_id)

@@ -1,0 +1,64 @@
+"""arq worker construction. The worker builds its own engine and queue in ``on_startup``."""
+
+import logging
+from typing import Any
+
+from arq import Worker, cron
+
+from app.core.config import Settings
+from app.core.db import create_engine, create_session_factory
+from app.core.queue import create_queue, deserialize, serialize
+from app.worker import reconcile, tasks
+
+log = logging.getLogger("ingest.worker")
+
+CHUNK_TIMEOUT_S = 300
+
+
+def create_worker(settings: Settings, *, burst: bool = False, **overrides: Any) -> Worker:
+    queue = create_queue(settings.require_redis_url(), settings.queue_name)
+
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        engine = create_engine(settings.require_database_url())
+        ctx["settings"] = settings
+        ctx["engine"] = engine
+        ctx["session_factory"] = create_session_factory(engine)
+        ctx["queue"] = queue
+        settings.storage_dir.mkdir(parents=True, exist_ok=True)
+
+    async def on_shutdown(ctx: dict[str, Any]) -> None:
+        # arq closes the Redis pool itself after this hook.
+        await ctx["engine"].dispose()
+
+    options: dict[str, Any] = {
+        "functions": [
+            tasks.split_run_function(settings),
+            tasks.apply_chunk_function(CHUNK_TIMEOUT_S),
+        ],
+        "cron_jobs": [
+            cron(reconcile.reconcile, second=0, run_at_startup=True, unique=True),
+            cron(tasks.schedule_tick, second=5, unique=True),
+        ],
+        "redis_pool": queue,
+        "queue_name": settings.queue_name,
+        "on_startup": on_startup,
+        "on_shutdown": on_shutdown,
+        "burst": burst,
+        "max_jobs": settings.worker_max_jobs,
+        "keep_result": 0,
+        "poll_delay": 0.1,
+        "job_serializer": serialize,
+        "job_deserializer": deserialize,
+        # A job raising an exception is not retried by arq: our tasks handle their own
+        # failures in Postgres, and the reconciler re-enqueues what is unfinished.
+        "retry_jobs": True,
+        "max_tries": 5,
+        "handle_signals": not burst,
+    }
+    options.update(overrides)
+    return Worker(**options)
+
+
+def run_worker(settings: Settings, *, burst: bool = False) -> None:
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
+    create_worker(settings, burst=burst).run()

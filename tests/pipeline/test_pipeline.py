@@ -1,0 +1,346 @@
+"""The whole path: HTTP upload -> real arq worker -> records, row log and counters."""
+
+from typing import Any
+
+import httpx
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.runs.models import Run
+from app.runs.service import to_resource
+from tests.conftest import CreateImporter, RunWorker, Upload
+
+API = "/api/v1/ingest"
+
+USER_FIELDS: dict[str, Any] = {
+    "email": {
+        "from": ["Email", "E-mail"],
+        "type": "email",
+        "required": True,
+        "transform": ["trim", "lower"],
+    },
+    "name": {"from": "Name", "type": "string", "required": True, "min_length": 2},
+    "age": {"from": "Age", "type": "integer", "min": 0, "max": 150, "null_if": ["", "NA"]},
+}
+
+USERS_CSV = (
+    "Email,Name,Age\nada@example.com,Ada,36\nalan@example.com,Alan,41\ngrace@example.com,Grace,85\n"
+)
+
+
+async def run_of(factory: async_sessionmaker[AsyncSession], run_id: int) -> dict[str, Any]:
+    async with factory() as session:
+        run = await session.get(Run, run_id)
+        assert run is not None
+        return to_resource(run)
+
+
+async def scalar(factory: async_sessionmaker[AsyncSession], sql: str, **params: Any) -> Any:
+    async with factory() as session:
+        return await session.scalar(text(sql), params)
+
+
+async def records(factory: async_sessionmaker[AsyncSession], collection: str) -> dict[str, Any]:
+    async with factory() as session:
+        rows = await session.execute(
+            text("SELECT key, data FROM records WHERE collection = :c"), {"c": collection}
+        )
+        return {key: data for key, data in rows}
+
+
+async def row_log(factory: async_sessionmaker[AsyncSession], run_id: int) -> list[dict[str, Any]]:
+    async with factory() as session:
+        rows = await session.execute(
+            text(
+                "SELECT row_number, status, outcome, record_key, errors FROM run_rows "
+                "WHERE run_id = :id ORDER BY row_number"
+            ),
+            {"id": run_id},
+        )
+        return [dict(r._mapping) for r in rows]
+
+
+async def test_upload_is_processed_into_records_with_exact_counters(
+    create_importer: CreateImporter,
+    upload: Upload,
+    run_worker: RunWorker,
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    await create_importer(key=["email"], fields=USER_FIELDS)
+    response = await upload("users", USERS_CSV, filename="users.csv")
+    assert response.status_code == 202, response.text
+    run = response.json()["data"]
+    assert run["status"] == "pending"
+    assert run["original_filename"] == "users.csv"
+
+    await run_worker()
+
+    run = await run_of(session_factory, run["id"])
+    assert run["status"] == "completed"
+    assert run["progress"] == {
+        "total": 3,
+        "processed": 3,
+        "successful": 3,
+        "failed": 0,
+        "skipped": 0,
+    }
+    assert run["summary"] == {
+        "created": 3,
+        "updated": 0,
+        "unchanged": 0,
+        "skipped": 0,
+        "staged": 0,
+        "deleted": 0,
+    }
+    stored = await records(session_factory, "users")
+    assert stored["ada@example.com"] == {"email": "ada@example.com", "name": "Ada", "age": 36}
+    assert set(stored) == {"ada@example.com", "alan@example.com", "grace@example.com"}
+
+
+async def test_invalid_rows_fail_with_laravel_messages_and_the_rest_are_written(
+    create_importer: CreateImporter,
+    upload: Upload,
+    run_worker: RunWorker,
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    await create_importer(key=["email"], fields=USER_FIELDS)
+    csv = "Email,Name,Age\nada@example.com,Ada,36\n,B,x\nnot-an-email,Carl,200\n"
+    run_id = (await upload("users", csv)).json()["data"]["id"]
+    await run_worker()
+
+    run = await run_of(session_factory, run_id)
+    assert run["status"] == "completed_with_errors"
+    assert run["progress"]["failed"] == 2 and run["progress"]["successful"] == 1
+    log = await row_log(session_factory, run_id)
+    assert log[1]["status"] == "failed"
+    assert log[1]["errors"] == {
+        "message": "The given data was invalid.",
+        "validation": {
+            "email": ["The email field is required."],
+            "name": ["The name must be at least 2 characters."],
+            "age": ["The age must be an integer."],
+        },
+    }
+    assert log[2]["errors"]["validation"] == {
+        "email": ["The email must be a valid email address."],
+        "age": ["The age may not be greater than 150."],
+    }
+    assert list(await records(session_factory, "users")) == ["ada@example.com"]
+
+
+async def test_missing_key_column_fails_the_run_with_a_clear_message(
+    create_importer: CreateImporter,
+    upload: Upload,
+    run_worker: RunWorker,
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    await create_importer(key=["email"], fields=USER_FIELDS)
+    run_id = (await upload("users", "Name,Age\nAda,36\n")).json()["data"]["id"]
+    await run_worker()
+    run = await run_of(session_factory, run_id)
+    assert run["status"] == "failed"
+    assert run["error_message"] == 'Missing key column "Email"'
+
+
+async def test_reupload_counts_unchanged_and_updated_rows(
+    create_importer: CreateImporter,
+    upload: Upload,
+    run_worker: RunWorker,
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    await create_importer(key=["email"], fields=USER_FIELDS)
+    await upload("users", USERS_CSV)
+    await run_worker()
+    changed = USERS_CSV.replace("Alan,41", "Alan,42")
+    run_id = (await upload("users", changed)).json()["data"]["id"]
+    await run_worker()
+    run = await run_of(session_factory, run_id)
+    assert run["summary"]["unchanged"] == 2
+    assert run["summary"]["updated"] == 1
+    assert (await records(session_factory, "users"))["alan@example.com"]["age"] == 42
+
+
+async def test_on_duplicate_skip_skips_existing_and_in_file_duplicates(
+    create_importer: CreateImporter,
+    upload: Upload,
+    run_worker: RunWorker,
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    await create_importer(key=["email"], fields=USER_FIELDS, on_duplicate="skip", chunk_size=2)
+    await upload("users", "Email,Name,Age\nada@example.com,Ada,1\n")
+    await run_worker()
+    csv = "Email,Name,Age\nada@example.com,Ada,2\nbob@example.com,Bob,3\nbob@example.com,Bobby,4\n"
+    run_id = (await upload("users", csv)).json()["data"]["id"]
+    await run_worker()
+
+    run = await run_of(session_factory, run_id)
+    assert run["status"] == "completed"
+    assert run["progress"]["skipped"] == 2 and run["progress"]["successful"] == 1
+    assert [r["status"] for r in await row_log(session_factory, run_id)] == [
+        "skipped",
+        "success",
+        "skipped",
+    ]
+    stored = await records(session_factory, "users")
+    assert stored["ada@example.com"]["age"] == 1
+    assert stored["bob@example.com"]["name"] == "Bob"
+
+
+async def test_on_duplicate_fail_fails_the_second_row_with_the_duplicate_message(
+    create_importer: CreateImporter,
+    upload: Upload,
+    run_worker: RunWorker,
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    await create_importer(key=["email"], fields=USER_FIELDS, on_duplicate="fail")
+    csv = "Email,Name,Age\nbob@example.com,Bob,3\nbob@example.com,Bobby,4\n"
+    run_id = (await upload("users", csv)).json()["data"]["id"]
+    await run_worker()
+    log = await row_log(session_factory, run_id)
+    assert log[0]["status"] == "success"
+    assert log[1]["status"] == "failed"
+    assert log[1]["errors"] == {"message": "Duplicate entry found for key 'email'."}
+
+
+async def test_on_duplicate_update_lets_the_later_row_win_across_chunks(
+    create_importer: CreateImporter,
+    upload: Upload,
+    run_worker: RunWorker,
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    await create_importer(key=["email"], fields=USER_FIELDS, chunk_size=1)
+    csv = "Email,Name,Age\nbob@example.com,Bob,3\nbob@example.com,Bobby,4\nbob@example.com,Rob,5\n"
+    await upload("users", csv)
+    await run_worker()
+    assert (await records(session_factory, "users"))["bob@example.com"]["name"] == "Rob"
+
+
+async def test_update_if_newer_keeps_the_newer_record(
+    create_importer: CreateImporter,
+    upload: Upload,
+    run_worker: RunWorker,
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    fields = {**USER_FIELDS, "updated_at": {"type": "date"}}
+    await create_importer(
+        key=["email"], fields=fields, on_duplicate="update_if_newer", compare_field="updated_at"
+    )
+    await upload("users", "Email,Name,Updated At\nada@example.com,Ada,2024-05-01\n")
+    await run_worker()
+    csv = (
+        "Email,Name,Updated At\n"
+        "ada@example.com,Old Ada,2024-01-01\n"
+        "ada@example.com,New Ada,2024-06-01\n"
+    )
+    run_id = (await upload("users", csv)).json()["data"]["id"]
+    await run_worker()
+    run = await run_of(session_factory, run_id)
+    assert run["summary"]["skipped"] == 1 and run["summary"]["updated"] == 1
+    assert (await records(session_factory, "users"))["ada@example.com"]["name"] == "New Ada"
+
+
+async def test_append_gives_every_row_a_generated_key(
+    create_importer: CreateImporter,
+    upload: Upload,
+    run_worker: RunWorker,
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    await create_importer(slug="events", fields={"name": {"type": "string"}}, action="append")
+    await upload("events", "name\nclick\nclick\n")
+    await upload("events", "name\nclick\n")
+    await run_worker()
+    assert len(await records(session_factory, "events")) == 3
+
+
+async def test_replace_deletes_records_not_seen_in_a_completed_run(
+    create_importer: CreateImporter,
+    upload: Upload,
+    run_worker: RunWorker,
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    await create_importer(key=["email"], fields=USER_FIELDS, action="replace")
+    await upload("users", USERS_CSV)
+    await run_worker()
+    run_id = (await upload("users", "Email,Name,Age\nada@example.com,Ada,36\n")).json()["data"][
+        "id"
+    ]
+    await run_worker()
+    run = await run_of(session_factory, run_id)
+    assert run["summary"]["deleted"] == 2 and run["summary"]["unchanged"] == 1
+    assert list(await records(session_factory, "users")) == ["ada@example.com"]
+
+
+async def test_replace_keeps_everything_when_the_run_has_failed_rows(
+    create_importer: CreateImporter,
+    upload: Upload,
+    run_worker: RunWorker,
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    await create_importer(key=["email"], fields=USER_FIELDS, action="replace")
+    await upload("users", USERS_CSV)
+    await run_worker()
+    await upload("users", "Email,Name,Age\nada@example.com,Ada,36\nbad,B,1\n")
+    await run_worker()
+    assert len(await records(session_factory, "users")) == 3
+
+
+async def test_dry_run_reports_outcomes_and_writes_no_record(
+    create_importer: CreateImporter,
+    upload: Upload,
+    run_worker: RunWorker,
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    await create_importer(key=["email"], fields=USER_FIELDS, log_rows="failed")
+    response = await upload("users", USERS_CSV, dry_run=True)
+    assert response.json()["data"]["dry_run"] is True
+    run_id = response.json()["data"]["id"]
+    await run_worker()
+    run = await run_of(session_factory, run_id)
+    assert run["status"] == "completed" and run["summary"]["created"] == 3
+    assert await records(session_factory, "users") == {}
+    assert [r["outcome"] for r in await row_log(session_factory, run_id)] == ["created"] * 3
+
+
+async def test_failure_threshold_fails_a_run_with_too_many_bad_rows(
+    create_importer: CreateImporter,
+    upload: Upload,
+    run_worker: RunWorker,
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    await create_importer(key=["email"], fields=USER_FIELDS, failure_threshold=40)
+    csv = "Email,Name,Age\nada@example.com,Ada,1\nbad,B,1\nworse,C,1\n"
+    run_id = (await upload("users", csv)).json()["data"]["id"]
+    await run_worker()
+    run = await run_of(session_factory, run_id)
+    assert run["status"] == "failed"
+    assert "over the failure threshold of 40%" in run["error_message"]
+
+
+async def test_log_rows_failed_keeps_only_failed_rows(
+    create_importer: CreateImporter,
+    upload: Upload,
+    run_worker: RunWorker,
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    await create_importer(key=["email"], fields=USER_FIELDS, log_rows="failed")
+    run_id = (await upload("users", USERS_CSV + "bad,B,1\n")).json()["data"]["id"]
+    await run_worker()
+    assert [r["row_number"] for r in await row_log(session_factory, run_id)] == [4]

@@ -1,0 +1,202 @@
+"""Exactly-once chunks and recovery: re-delivery, lost Redis, a killed worker, cancel."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+from arq import ArqRedis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.core.config import Settings
+from app.pipeline import writer
+from tests.conftest import CreateImporter, RunWorker, Upload
+from tests.pipeline.test_pipeline import USER_FIELDS, records, run_of
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def users_csv(count: int, start: int = 0) -> str:
+    lines = ["Email,Name,Age"]
+    lines += [f"user{i}@example.com,User {i},{i % 100}" for i in range(start, start + count)]
+    return "\n".join(lines) + "\n"
+
+
+async def split_only(settings: Settings, queue: ArqRedis, factory: Any, run_id: int) -> None:
+    """Run the split job alone (chunks stored and enqueued, none applied)."""
+    from app.pipeline import splitter
+
+    await splitter.split_run(factory, queue, settings, run_id)
+
+
+async def test_a_redelivered_chunk_changes_nothing(
+    create_importer: CreateImporter,
+    upload: Upload,
+    run_worker: RunWorker,
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    await create_importer(key=["email"], fields=USER_FIELDS, chunk_size=10)
+    run_id = (await upload("users", users_csv(35))).json()["data"]["id"]
+    await run_worker()
+    before = await run_of(session_factory, run_id)
+
+    for index in range(4):
+        await writer.apply_chunk(session_factory, run_id, index)
+
+    after = await run_of(session_factory, run_id)
+    assert (
+        after["progress"]
+        == before["progress"]
+        == {"total": 35, "processed": 35, "successful": 35, "failed": 0, "skipped": 0}
+    )
+    async with session_factory() as session:
+        logged = await session.scalar(
+            text("SELECT count(*) FROM run_rows WHERE run_id = :id"), {"id": run_id}
+        )
+    assert logged == 35
+
+
+async def test_two_workers_applying_the_same_chunk_at_once_apply_it_once(
+    create_importer: CreateImporter,
+    upload: Upload,
+    settings: Settings,
+    queue: ArqRedis,
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    await create_importer(key=["email"], fields=USER_FIELDS, chunk_size=50)
+    run_id = (await upload("users", users_csv(50))).json()["data"]["id"]
+    await split_only(settings, queue, session_factory, run_id)
+
+    await asyncio.gather(*(writer.apply_chunk(session_factory, run_id, 0) for _ in range(3)))
+
+    run = await run_of(session_factory, run_id)
+    assert run["status"] == "completed"
+    assert run["progress"]["processed"] == 50 and run["summary"]["created"] == 50
+
+
+async def test_flushed_redis_mid_run_is_recovered_by_the_reconciler(
+    create_importer: CreateImporter,
+    upload: Upload,
+    settings: Settings,
+    queue: ArqRedis,
+    run_worker: RunWorker,
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    await create_importer(key=["email"], fields=USER_FIELDS, chunk_size=10)
+    run_id = (await upload("users", users_csv(45))).json()["data"]["id"]
+    await split_only(settings, queue, session_factory, run_id)
+    await writer.apply_chunk(session_factory, run_id, 0)
+    await queue.flushdb()  # every queued job is gone
+
+    await run_worker()  # the reconciler runs at worker start-up
+
+    run = await run_of(session_factory, run_id)
+    assert run["status"] == "completed"
+    assert run["progress"]["processed"] == 45
+    assert len(await records(session_factory, "users")) == 45
+
+
+async def test_a_run_whose_split_job_was_lost_is_split_by_the_reconciler(
+    create_importer: CreateImporter,
+    upload: Upload,
+    queue: ArqRedis,
+    run_worker: RunWorker,
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    await create_importer(key=["email"], fields=USER_FIELDS)
+    run_id = (await upload("users", users_csv(5))).json()["data"]["id"]
+    await queue.flushdb()
+    await run_worker()
+    assert (await run_of(session_factory, run_id))["status"] == "completed"
+
+
+async def test_cancel_stops_new_chunks_and_ends_the_run_cancelled(
+    create_importer: CreateImporter,
+    upload: Upload,
+    settings: Settings,
+    queue: ArqRedis,
+    run_worker: RunWorker,
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    await create_importer(key=["email"], fields=USER_FIELDS, chunk_size=10)
+    run_id = (await upload("users", users_csv(50))).json()["data"]["id"]
+    await split_only(settings, queue, session_factory, run_id)
+    await writer.apply_chunk(session_factory, run_id, 0)
+    async with session_factory() as session:
+        await session.execute(
+            text("UPDATE runs SET cancel_requested = true WHERE id = :id"), {"id": run_id}
+        )
+        await session.commit()
+
+    await run_worker()
+
+    run = await run_of(session_factory, run_id)
+    assert run["status"] == "cancelled"
+    assert run["progress"]["processed"] == 10
+    assert len(await records(session_factory, "users")) == 10
+
+
+async def test_a_worker_killed_mid_run_loses_no_row_and_doubles_no_count(
+    create_importer: CreateImporter,
+    upload: Upload,
+    settings: Settings,
+    queue: ArqRedis,
+    run_worker: RunWorker,
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    await create_importer(key=["email"], fields=USER_FIELDS, chunk_size=200)
+    total = 30_000
+    run_id = (await upload("users", users_csv(total))).json()["data"]["id"]
+    env = {
+        **os.environ,
+        "INGEST_DATABASE_URL": settings.require_database_url(),
+        "INGEST_REDIS_URL": settings.require_redis_url(),
+        "INGEST_QUEUE_NAME": settings.queue_name,
+        "INGEST_STORAGE_DIR": str(settings.storage_dir),
+        "INGEST_LOG_LEVEL": "WARNING",
+    }
+    proc = subprocess.Popen(  # noqa: ASYNC220 - a real worker process, to SIGKILL it
+        [sys.executable, "-m", "app.cli", "worker"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(600):  # until some chunks are applied, but not all
+            await asyncio.sleep(0.05)
+            progress = await run_of(session_factory, run_id)
+            if progress["progress"]["processed"] > 0:
+                break
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(10)
+    mid = await run_of(session_factory, run_id)
+    assert mid["status"] == "processing", "the worker finished before it could be killed"
+    assert 0 < mid["progress"]["processed"] < total
+
+    # The killed worker's jobs stay "in progress" until arq's lock expires; expire it now.
+    for key in await queue.keys("arq:in-progress:*"):
+        await queue.delete(key)
+    await run_worker()
+
+    run = await run_of(session_factory, run_id)
+    assert run["status"] == "completed"
+    assert run["progress"] == {
+        "total": total,
+        "processed": total,
+        "successful": total,
+        "failed": 0,
+        "skipped": 0,
+    }
+    async with session_factory() as session:
+        count = await session.scalar(
+            text("SELECT count(*) FROM records WHERE collection = 'users'")
+        )
+        logged = await session.scalar(
+            text("SELECT count(*) FROM run_rows WHERE run_id = :id"), {"id": run_id}
+        )
+    assert count == total and logged == total
