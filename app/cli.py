@@ -13,6 +13,7 @@ import typer
 
 from app.auth.commands import token_app
 from app.core.config import get_settings
+from app.runs.commands import register as register_run_commands
 
 cli = typer.Typer(
     name="ingest",
@@ -126,15 +127,21 @@ def dev(
     ]
     typer.secho(f"\nIngest is up: http://127.0.0.1:{port}/docs", fg=typer.colors.GREEN)
     typer.echo(f"dev admin token: {token}")
-    typer.echo(f"try: curl -H 'Authorization: Bearer {token}' http://127.0.0.1:{port}/api/v1/ingest/importers")
+    typer.echo(
+        f"try: curl -H 'Authorization: Bearer {token}' http://127.0.0.1:{port}/api/v1/ingest/importers"
+    )
     typer.echo("Ctrl-C stops everything.\n")
     try:
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
-        typer.secho("a child process exited; stopping", fg=typer.colors.RED, err=True)
+        # Ctrl-C reaches the whole process group, so the children may see it first.
+        codes = [child.returncode for child in children if child.returncode not in (None, 0)]
+        if codes:
+            typer.secho(f"a child process exited ({codes[0]}); stopping", fg="red", err=True)
     except KeyboardInterrupt:
-        typer.echo("\nstopping ...")
+        pass
     finally:
+        typer.echo("\nstopping ...")
         _stop(children)
         embedded.stop_all()
 
@@ -153,6 +160,8 @@ def _stop(children: list[subprocess.Popen[bytes]]) -> None:
 
 
 async def _dev_token(database_url: str) -> str:
+    from sqlalchemy import text
+
     from app.auth import service as auth_service
     from app.core.db import create_engine, create_session_factory, unit_of_work
 
@@ -160,10 +169,21 @@ async def _dev_token(database_url: str) -> str:
     try:
         async with unit_of_work(create_session_factory(engine)) as session:
             user = await auth_service.get_or_create_user(session, "dev@localhost", "admin", "dev")
+            # One live dev token at a time: the one printed by the latest `ingest dev`.
+            await session.execute(
+                text(
+                    "UPDATE tokens SET revoked_at = now() WHERE user_id = :user "
+                    "AND name = 'dev' AND revoked_at IS NULL"
+                ),
+                {"user": user.id},
+            )
             issued = await auth_service.issue_token(session, user, "dev", ["ingest:admin"])
         return issued.plaintext
     finally:
         await engine.dispose()
+
+
+register_run_commands(cli)
 
 
 def main() -> None:

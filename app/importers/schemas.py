@@ -33,7 +33,7 @@ class FieldSpec(Strict):
     default: Any = None
     null_if: list[str] = Field(default_factory=list)
     format: str | None = None
-    separator: str = ","
+    separator: str = Field(",", min_length=1)
     transform: list[Transform] = Field(default_factory=list)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
