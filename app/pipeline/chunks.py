@@ -1,10 +1,15 @@
-"""A chunk's payload: the parsed, validated rows of one slice of a run, stored in Postgres.
+"""A chunk's payload: the parsed, validated rows of one slice of a run.
 
-Rows travel as compact JSON arrays so that splitting and applying can run in different
-workers (and survive a lost Redis): ``[row_number, original, data, key, errors, duplicate]``.
+Payloads are files in the shared storage directory (``chunks/<run>/<index>.json``), written
+before the chunk's ledger row is committed and removed after the chunk is applied: bulk rows
+stay out of Postgres' WAL, while the ledger row in Postgres stays the truth. Rows are compact
+JSON arrays: ``[row_number, original, data, key, errors, duplicate]``.
 """
 
+import os
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -30,3 +35,27 @@ def encode(rows: list[ChunkRow]) -> bytes:
 
 def decode(payload: bytes) -> list[ChunkRow]:
     return [ChunkRow(*item) for item in orjson.loads(payload)]
+
+
+def run_dir(storage_dir: Path, run_id: int) -> Path:
+    return storage_dir / "chunks" / str(run_id)
+
+
+def payload_path(storage_dir: Path, run_id: int, index: int) -> Path:
+    return run_dir(storage_dir, run_id) / f"{index}.json"
+
+
+def write_payload(path: Path, rows: list[ChunkRow]) -> None:
+    """Write atomically: a reader never sees half a payload."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(encode(rows))
+    os.replace(tmp, path)
+
+
+def read_payload(path: Path) -> list[ChunkRow]:
+    return decode(path.read_bytes())
+
+
+def remove_run_payloads(storage_dir: Path, run_id: int) -> None:
+    shutil.rmtree(run_dir(storage_dir, run_id), ignore_errors=True)

@@ -33,8 +33,7 @@ async def fail_run(session: AsyncSession, run_id: int, message: str) -> bool:
         return False
     await session.execute(
         text(
-            "UPDATE run_chunks SET status = 'cancelled', payload = NULL "
-            "WHERE run_id = :id AND status = 'pending'"
+            "UPDATE run_chunks SET status = 'cancelled' WHERE run_id = :id AND status = 'pending'"
         ),
         {"id": run_id},
     )

@@ -122,6 +122,7 @@ async def split_run(
             await _split(
                 factory,
                 queue,
+                settings.storage_dir,
                 run_id,
                 definition,
                 parent_columns,
@@ -137,6 +138,7 @@ async def split_run(
             await _split(
                 factory,
                 queue,
+                settings.storage_dir,
                 run_id,
                 definition,
                 table.columns,
@@ -160,6 +162,7 @@ async def _aiter(rows: Iterator[Any]) -> AsyncIterator[RawRow]:
 async def _split(
     factory: async_sessionmaker[AsyncSession],
     queue: ArqRedis,
+    storage_dir: Path,
     run_id: int,
     definition: ImporterDefinition,
     columns: list[str],
@@ -180,21 +183,14 @@ async def _split(
         this, index = index, index + 1
         if this < resume_from:
             return False
+        chunks.write_payload(chunks.payload_path(storage_dir, run_id, this), batch)
         async with unit_of_work(factory) as session:
             await session.execute(
                 text(
-                    "INSERT INTO run_chunks "
-                    "(run_id, index, status, first_row, row_count, attempts, payload)"
-                    " VALUES (:run, :index, 'pending', :first, :count, 0, :payload) "
-                    "ON CONFLICT DO NOTHING"
+                    "INSERT INTO run_chunks (run_id, index, status, first_row, row_count, attempts)"
+                    " VALUES (:run, :index, 'pending', :first, :count, 0) ON CONFLICT DO NOTHING"
                 ),
-                {
-                    "run": run_id,
-                    "index": this,
-                    "first": batch[0].row_number,
-                    "count": len(batch),
-                    "payload": chunks.encode(batch),
-                },
+                {"run": run_id, "index": this, "first": batch[0].row_number, "count": len(batch)},
             )
             flag = await session.scalar(
                 text(

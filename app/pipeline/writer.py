@@ -8,6 +8,7 @@ ON CONFLICT`` statement, the row log by binary ``COPY``. No per-row round trips.
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -17,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.core.db import json_dumps, raw_connection, unit_of_work
 from app.importers.schemas import ImporterDefinition
 from app.pipeline import lifecycle
-from app.pipeline.chunks import ChunkRow, decode
+from app.pipeline.chunks import ChunkRow, payload_path, read_payload, remove_run_payloads
 
 UPSERT_RECORDS = """
 INSERT INTO records AS r (collection, key, data, content_hash, source_id, last_run_id,
@@ -191,57 +192,79 @@ async def upsert_records(
     )
 
 
-async def apply_chunk(factory: async_sessionmaker[AsyncSession], run_id: int, index: int) -> None:
+async def apply_chunk(
+    factory: async_sessionmaker[AsyncSession], storage_dir: Path, run_id: int, index: int
+) -> None:
+    path = payload_path(storage_dir, run_id, index)
     async with unit_of_work(factory) as session:
         conn = await raw_connection(session)
-        chunk = await conn.fetchrow(
-            "SELECT status, payload FROM run_chunks WHERE run_id = $1 AND index = $2 FOR UPDATE",
+        status = await conn.fetchval(
+            "SELECT status FROM run_chunks WHERE run_id = $1 AND index = $2 FOR UPDATE",
             run_id,
             index,
         )
-        if chunk is None or chunk["status"] != "pending":
-            return  # already applied (or dropped): a re-delivery changes nothing
-        run = await conn.fetchrow(
-            "SELECT r.status, r.cancel_requested, r.dry_run, "
-            "coalesce(r.source_id, i.source_id) AS source_id, i.definition, "
-            "s.approval_mode FROM runs r JOIN importers i ON i.id = r.importer_id "
-            "LEFT JOIN sources s ON s.id = coalesce(r.source_id, i.source_id) WHERE r.id = $1",
-            run_id,
-        )
-        definition = ImporterDefinition.model_validate(run["definition"])
-        if run["status"] != "processing" or run["cancel_requested"]:
-            await _close_chunk(conn, run_id, index, "cancelled")
-            await _count(conn, run_id, Plan())
-            await lifecycle.maybe_finalize(session, run_id, definition)
-            return
+        # Already applied (or dropped): a re-delivery changes nothing.
+        finished = status == "pending" and await _apply_pending(session, conn, path, run_id, index)
+    # Committed: the payload is no longer needed.
+    path.unlink(missing_ok=True)
+    if finished:
+        remove_run_payloads(storage_dir, run_id)
 
-        rows = decode(chunk["payload"])
-        plan = await _plan(conn, rows, definition, run_id, run)
-        if not run["dry_run"]:
-            await upsert_records(conn, definition.collection, run["source_id"], run_id, plan.writes)
-            if plan.touched:
-                await conn.execute(
-                    "UPDATE records SET last_run_id = $1 WHERE collection = $2 "
-                    "AND key = ANY($3::text[])",
-                    run_id,
-                    definition.collection,
-                    plan.touched,
-                )
-            if plan.staged:
-                from app.items.staging import stage_rows
 
-                await stage_rows(
-                    conn,
-                    run_id=run_id,
-                    definition=definition,
-                    source_id=run["source_id"],
-                    rows=plan.staged,
-                )
-        if plan.log:
-            await conn.copy_records_to_table("run_rows", records=plan.log, columns=ROW_LOG_COLUMNS)
-        await _close_chunk(conn, run_id, index, "done")
-        await _count(conn, run_id, plan)
-        await lifecycle.maybe_finalize(session, run_id, definition)
+async def _apply_pending(
+    session: AsyncSession, conn: asyncpg.Connection, path: Path, run_id: int, index: int
+) -> bool:
+    """Apply a locked, pending chunk; True when this finished the run."""
+    run = await conn.fetchrow(
+        "SELECT r.status, r.cancel_requested, r.dry_run, "
+        "coalesce(r.source_id, i.source_id) AS source_id, i.definition, "
+        "s.approval_mode FROM runs r JOIN importers i ON i.id = r.importer_id "
+        "LEFT JOIN sources s ON s.id = coalesce(r.source_id, i.source_id) WHERE r.id = $1",
+        run_id,
+    )
+    definition = ImporterDefinition.model_validate(run["definition"])
+    if run["status"] != "processing" or run["cancel_requested"]:
+        await _close_chunk(conn, run_id, index, "cancelled")
+        await _count(conn, run_id, Plan())
+        return await lifecycle.maybe_finalize(session, run_id, definition)
+    return await _apply(session, conn, read_payload(path), definition, run_id, index, run)
+
+
+async def _apply(
+    session: AsyncSession,
+    conn: asyncpg.Connection,
+    rows: list[ChunkRow],
+    definition: ImporterDefinition,
+    run_id: int,
+    index: int,
+    run: asyncpg.Record,
+) -> bool:
+    plan = await _plan(conn, rows, definition, run_id, run)
+    if not run["dry_run"]:
+        await upsert_records(conn, definition.collection, run["source_id"], run_id, plan.writes)
+        if plan.touched:
+            await conn.execute(
+                "UPDATE records SET last_run_id = $1 WHERE collection = $2 "
+                "AND key = ANY($3::text[])",
+                run_id,
+                definition.collection,
+                plan.touched,
+            )
+        if plan.staged:
+            from app.items.staging import stage_rows
+
+            await stage_rows(
+                conn,
+                run_id=run_id,
+                definition=definition,
+                source_id=run["source_id"],
+                rows=plan.staged,
+            )
+    if plan.log:
+        await conn.copy_records_to_table("run_rows", records=plan.log, columns=ROW_LOG_COLUMNS)
+    await _close_chunk(conn, run_id, index, "done")
+    await _count(conn, run_id, plan)
+    return await lifecycle.maybe_finalize(session, run_id, definition)
 
 
 async def _plan(
@@ -265,8 +288,7 @@ async def _plan(
 
 async def _close_chunk(conn: asyncpg.Connection, run_id: int, index: int, status: str) -> None:
     await conn.execute(
-        "UPDATE run_chunks SET status = $3, payload = NULL, applied_at = now() "
-        "WHERE run_id = $1 AND index = $2",
+        "UPDATE run_chunks SET status = $3, applied_at = now() WHERE run_id = $1 AND index = $2",
         run_id,
         index,
         status,
@@ -296,14 +318,19 @@ async def _count(conn: asyncpg.Connection, run_id: int, plan: Plan) -> None:
 
 
 async def fail_chunk(
-    factory: async_sessionmaker[AsyncSession], run_id: int, index: int, reason: str
+    factory: async_sessionmaker[AsyncSession],
+    storage_dir: Path,
+    run_id: int,
+    index: int,
+    reason: str,
 ) -> None:
     """Give up on a chunk that keeps failing: its rows are failed with the reason, so the run
     can finish and the rows can be retried."""
+    path = payload_path(storage_dir, run_id, index)
     async with unit_of_work(factory) as session:
         conn = await raw_connection(session)
         chunk = await conn.fetchrow(
-            "SELECT c.status, c.payload, i.definition FROM run_chunks c "
+            "SELECT c.status, c.row_count, i.definition FROM run_chunks c "
             "JOIN runs r ON r.id = c.run_id JOIN importers i ON i.id = r.importer_id "
             "WHERE c.run_id = $1 AND c.index = $2 FOR UPDATE OF c",
             run_id,
@@ -314,12 +341,21 @@ async def fail_chunk(
         definition = ImporterDefinition.model_validate(chunk["definition"])
         plan = Plan()
         errors = _json({"message": f"The row could not be written: {reason}"[:1000]})
-        for row in decode(chunk["payload"]):
+        try:
+            rows = read_payload(path)
+        except (OSError, ValueError):
+            rows = []  # the payload itself is lost: count its rows failed, log none
+            plan.failed = chunk["row_count"]
+        for row in rows:
             plan.failed += 1
             plan.log.append(
                 (run_id, row.row_number, "failed", None, row.key, _json(row.original), errors)
             )
-        await conn.copy_records_to_table("run_rows", records=plan.log, columns=ROW_LOG_COLUMNS)
+        if plan.log:
+            await conn.copy_records_to_table("run_rows", records=plan.log, columns=ROW_LOG_COLUMNS)
         await _close_chunk(conn, run_id, index, "failed")
         await _count(conn, run_id, plan)
-        await lifecycle.maybe_finalize(session, run_id, definition)
+        finished = await lifecycle.maybe_finalize(session, run_id, definition)
+    path.unlink(missing_ok=True)
+    if finished:
+        remove_run_payloads(storage_dir, run_id)

@@ -1,7 +1,7 @@
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, LargeBinary, String, Text, text
+from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -58,23 +58,21 @@ class Run(TimestampMixin, Base):
 
 
 class RunChunk(Base):
-    """The exactly-once ledger: a chunk's payload and whether it has been applied."""
+    """The exactly-once ledger: one row per chunk, and whether it has been applied.
+
+    The chunk's rows live in a payload file (see ``app.pipeline.chunks``)."""
 
     __tablename__ = "run_chunks"
     __table_args__ = (
         Index("ix_run_chunks_pending", "run_id", postgresql_where=text("status = 'pending'")),
     )
 
-    run_id: Mapped[int] = mapped_column(
-        ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
-    )
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     index: Mapped[int] = mapped_column(primary_key=True)
     status: Mapped[str] = mapped_column(String(10), default="pending")  # pending|done|cancelled
     first_row: Mapped[int]
     row_count: Mapped[int]
     attempts: Mapped[int] = mapped_column(default=0)
-    # Parsed rows as JSON, dropped once the chunk is applied.
-    payload: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
     applied_at: Mapped[datetime | None]
 

@@ -12,6 +12,7 @@ from sqlalchemy import text
 from app.core.db import unit_of_work
 from app.core.queue import enqueue_chunk, enqueue_quietly, enqueue_split
 from app.pipeline import lifecycle
+from app.pipeline.chunks import remove_run_payloads
 
 log = logging.getLogger("ingest.reconcile")
 
@@ -77,6 +78,7 @@ async def reconcile(ctx: dict[str, Any]) -> dict[str, int]:
             await lifecycle.maybe_finalize(
                 session, run_id, ImporterDefinition.model_validate(definition)
             )
+    _remove_finished_payloads(settings.storage_dir, await _finished_runs(factory, settings))
     for run_id in unsplit:
         await enqueue_quietly(enqueue_split, queue, run_id)
     for run_id, index in pending:
@@ -89,3 +91,25 @@ async def reconcile(ctx: dict[str, Any]) -> dict[str, int]:
     if any(counts.values()):
         log.info("reconciled: %s", counts)
     return counts
+
+
+async def _finished_runs(factory: Any, settings: Any) -> set[int]:
+    """Runs with a payload directory that are no longer running (failed mid-way, cancelled,
+    or deleted with their importer): their payloads will never be read."""
+    root = settings.storage_dir / "chunks"
+    ids = [int(p.name) for p in root.iterdir() if p.name.isdigit()] if root.is_dir() else []
+    if not ids:
+        return set()
+    async with factory() as session:
+        running = await session.execute(
+            text(
+                "SELECT id FROM runs WHERE id = ANY(:ids) AND status IN ('pending', 'processing')"
+            ),
+            {"ids": ids},
+        )
+        return set(ids) - set(running.scalars())
+
+
+def _remove_finished_payloads(storage_dir: Any, run_ids: set[int]) -> None:
+    for run_id in run_ids:
+        remove_run_payloads(storage_dir, run_id)

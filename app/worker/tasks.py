@@ -80,7 +80,7 @@ async def _fetch_if_needed(factory: Any, settings: Settings, run_id: int) -> boo
 async def apply_chunk(ctx: dict[str, Any], run_id: int, index: int) -> None:
     factory = ctx["session_factory"]
     try:
-        await writer.apply_chunk(factory, run_id, index)
+        await writer.apply_chunk(factory, ctx["settings"].storage_dir, run_id, index)
     except Exception as exc:
         log.exception("applying chunk %s of run %s failed", index, run_id)
         async with unit_of_work(factory) as session:
@@ -96,7 +96,8 @@ async def apply_chunk(ctx: dict[str, Any], run_id: int, index: int) -> None:
             return
         if attempts < MAX_CHUNK_ATTEMPTS:
             raise Retry(defer=attempts * 2) from exc
-        await writer.fail_chunk(factory, run_id, index, f"{type(exc).__name__}: {exc}")
+        reason = f"{type(exc).__name__}: {exc}"
+        await writer.fail_chunk(factory, ctx["settings"].storage_dir, run_id, index, reason)
 
 
 async def schedule_tick(ctx: dict[str, Any]) -> None:

@@ -192,7 +192,6 @@ def upgrade() -> None:
     sa.Column('first_row', sa.Integer(), nullable=False),
     sa.Column('row_count', sa.Integer(), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
-    sa.Column('payload', sa.LargeBinary(), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.Column('applied_at', sa.DateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['run_id'], ['runs.id'], name=op.f('fk_run_chunks_run_id_runs'), ondelete='CASCADE'),

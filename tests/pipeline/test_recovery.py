@@ -37,6 +37,7 @@ async def test_a_redelivered_chunk_changes_nothing(
     upload: Upload,
     run_worker: RunWorker,
     session_factory: async_sessionmaker[AsyncSession],
+    settings: Settings,
 ) -> None:
     await create_importer(key=["email"], fields=USER_FIELDS, chunk_size=10)
     run_id = (await upload("users", users_csv(35))).json()["data"]["id"]
@@ -44,7 +45,7 @@ async def test_a_redelivered_chunk_changes_nothing(
     before = await run_of(session_factory, run_id)
 
     for index in range(4):
-        await writer.apply_chunk(session_factory, run_id, index)
+        await writer.apply_chunk(session_factory, settings.storage_dir, run_id, index)
 
     after = await run_of(session_factory, run_id)
     assert (
@@ -70,7 +71,9 @@ async def test_two_workers_applying_the_same_chunk_at_once_apply_it_once(
     run_id = (await upload("users", users_csv(50))).json()["data"]["id"]
     await split_only(settings, queue, session_factory, run_id)
 
-    await asyncio.gather(*(writer.apply_chunk(session_factory, run_id, 0) for _ in range(3)))
+    await asyncio.gather(
+        *(writer.apply_chunk(session_factory, settings.storage_dir, run_id, 0) for _ in range(3))
+    )
 
     run = await run_of(session_factory, run_id)
     assert run["status"] == "completed"
@@ -88,7 +91,7 @@ async def test_flushed_redis_mid_run_is_recovered_by_the_reconciler(
     await create_importer(key=["email"], fields=USER_FIELDS, chunk_size=10)
     run_id = (await upload("users", users_csv(45))).json()["data"]["id"]
     await split_only(settings, queue, session_factory, run_id)
-    await writer.apply_chunk(session_factory, run_id, 0)
+    await writer.apply_chunk(session_factory, settings.storage_dir, run_id, 0)
     await queue.flushdb()  # every queued job is gone
 
     await run_worker()  # the reconciler runs at worker start-up
@@ -124,7 +127,7 @@ async def test_cancel_stops_new_chunks_and_ends_the_run_cancelled(
     await create_importer(key=["email"], fields=USER_FIELDS, chunk_size=10)
     run_id = (await upload("users", users_csv(50))).json()["data"]["id"]
     await split_only(settings, queue, session_factory, run_id)
-    await writer.apply_chunk(session_factory, run_id, 0)
+    await writer.apply_chunk(session_factory, settings.storage_dir, run_id, 0)
     async with session_factory() as session:
         await session.execute(
             text("UPDATE runs SET cancel_requested = true WHERE id = :id"), {"id": run_id}

@@ -767,6 +767,6 @@ def test_error_lists_are_not_shared_between_rows() -> None:
     assert check.validate({"age": "x"}).errors == {"age": ["The age must be an integer."]}
 
 
-def test_empty_list_separator_is_refused_when_compiling() -> None:
-    with pytest.raises(ValueError, match="separator of the tags field"):
-        validator(importer({"tags": {"type": "list", "separator": ""}}))
+def test_empty_list_separator_is_refused_by_the_definition() -> None:
+    with pytest.raises(ValueError, match=r"fields\.tags\.separator"):
+        importer({"tags": {"type": "list", "separator": ""}})
