@@ -1,4 +1,6 @@
-"""Load importer YAML files from ``INGEST_IMPORTERS_DIR`` at start-up (same validation as the API)."""
+"""Load importer YAML files from ``INGEST_IMPORTERS_DIR`` at start-up.
+
+They pass the same validation as definitions sent to the API."""
 
 import logging
 from pathlib import Path

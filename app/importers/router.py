@@ -6,7 +6,7 @@ from app.auth.dependencies import Principal, require
 from app.auth.permissions import ADMIN, VIEW
 from app.core.deps import SessionDep
 from app.core.errors import error_responses
-from app.core.pagination import PageParams, One, Page, page_params, paginate
+from app.core.pagination import One, Page, PageParams, page_params, paginate
 from app.importers import service
 from app.importers.schemas import ImporterOut
 
@@ -53,7 +53,9 @@ async def create_importer(
     return {"data": service.to_resource(importer)}
 
 
-@router.put("/{slug}", response_model=One[ImporterOut], responses=error_responses(403, 404, 409, 422))
+@router.put(
+    "/{slug}", response_model=One[ImporterOut], responses=error_responses(403, 404, 409, 422)
+)
 async def update_importer(
     slug: str,
     session: SessionDep,

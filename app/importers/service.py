@@ -37,7 +37,9 @@ def list_query(source_id: int | None = None) -> Select[tuple[Importer]]:
 async def get_by_slug(
     session: AsyncSession, slug: str, *, source_id: int | None = None
 ) -> Importer:
-    importer = await session.scalar(visible(select(Importer).where(Importer.slug == slug), source_id))
+    importer: Importer | None = await session.scalar(
+        visible(select(Importer).where(Importer.slug == slug), source_id)
+    )
     if importer is None:
         raise NotFound(f"Importer '{slug}' not found.")
     return importer
@@ -53,11 +55,14 @@ def _stored(definition: ImporterDefinition) -> dict[str, Any]:
     return definition.model_dump(mode="json", by_alias=True)
 
 
-async def create(session: AsyncSession, definition: ImporterDefinition, origin: str = "api") -> Importer:
+async def create(
+    session: AsyncSession, definition: ImporterDefinition, origin: str = "api"
+) -> Importer:
     exists = await session.scalar(select(Importer.id).where(Importer.slug == definition.slug))
     if exists is not None:
         raise ValidationFailed(
-            "The slug has already been taken.", errors={"slug": ["The slug has already been taken."]}
+            "The slug has already been taken.",
+            errors={"slug": ["The slug has already been taken."]},
         )
     importer = Importer(
         slug=definition.slug,
@@ -72,7 +77,9 @@ async def create(session: AsyncSession, definition: ImporterDefinition, origin: 
     return importer
 
 
-async def update(session: AsyncSession, importer: Importer, definition: ImporterDefinition) -> Importer:
+async def update(
+    session: AsyncSession, importer: Importer, definition: ImporterDefinition
+) -> Importer:
     if definition.slug != importer.slug:
         raise Conflict("The slug of an importer cannot change.")
     # Headers are write-only: an update that leaves them out keeps the stored ones.

@@ -38,8 +38,14 @@ WHERE r.last_run_id IS DISTINCT FROM EXCLUDED.last_run_id
 ROW_LOG_COLUMNS = ("run_id", "row_number", "status", "outcome", "record_key", "data", "errors")
 
 
+def canonical(data: dict[str, Any]) -> tuple[bytes, str]:
+    """The record's JSON with sorted keys, and its content hash: one serialisation for both."""
+    blob = orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+    return blob, hashlib.md5(blob).hexdigest()
+
+
 def content_hash(data: dict[str, Any]) -> str:
-    return hashlib.md5(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return canonical(data)[1]
 
 
 _json = json_dumps
@@ -97,7 +103,7 @@ def plan_chunk(
         if row.data is None:
             status = "failed"
         else:
-            digest = content_hash(row.data)
+            blob, digest = canonical(row.data)
             if definition.action == "append":
                 key = f"{run_id}:{row.row_number}"
             assert key is not None
@@ -124,7 +130,7 @@ def plan_chunk(
                     outcome = "staged"
                     plan.staged.append(row)
                 else:
-                    plan.writes[key] = (_json(row.data), digest, row.row_number)
+                    plan.writes[key] = (blob.decode(), digest, row.row_number)
                 existing[key] = Existing(digest, row.data.get(compare) if compare else None)
             elif touch_unchanged and status != "failed":
                 plan.touched.append(key)

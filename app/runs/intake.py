@@ -58,6 +58,7 @@ def _check_format(path: Any, filename: str, expected: str) -> None:
     "/upload/{importer}",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=One[RunOut],
+    response_model_exclude_unset=True,
     responses=error_responses(413, 415, 422),
     openapi_extra=UPLOAD_BODY,
 )
@@ -112,6 +113,7 @@ async def upload(
     "/trigger/{importer}",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=One[RunOut],
+    response_model_exclude_unset=True,
     responses=error_responses(422),
 )
 async def trigger(

@@ -1,3 +1,190 @@
-from fastapi import APIRouter
+"""The operator surface of runs: list, show, rows, cancel, retry, error summary, failed rows.
 
-router = APIRouter()
+Paths use the ``int`` converter, so the fixed paths beside them (``/importers``, ``/upload``...)
+never match here.
+"""
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Depends, Query, Request, status
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from app.auth.dependencies import Principal, require
+from app.auth.permissions import CREATE, VIEW
+from app.core.deps import QueueDep, SessionDep, SettingsDep, after_commit
+from app.core.errors import error_responses
+from app.core.idempotency import IdempotencyDep, fingerprint
+from app.core.pagination import One, Page, PageParams, page_params, paginate
+from app.core.queue import enqueue_quietly, enqueue_split
+from app.runs import service
+from app.runs.schemas import RowOut, RunOut
+
+router = APIRouter(tags=["runs"], responses=error_responses(401, 403))
+
+RunStatus = Literal[
+    "pending", "processing", "completed", "completed_with_errors", "failed", "cancelled"
+]
+RowStatus = Literal["success", "failed", "skipped"]
+RunSort = Literal["id", "created_at", "status", "completed_at"]
+
+
+class RetryIn(BaseModel):
+    dry_run: bool = False
+
+
+class MessageOut(BaseModel):
+    message: str
+
+
+class SummaryEntry(BaseModel):
+    message: str
+    count: int
+
+
+class ErrorSummaryOut(BaseModel):
+    total_failed_rows: int
+    error_summary: list[SummaryEntry]
+    validation_summary: list[SummaryEntry]
+
+
+CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The failed rows as CSV: the original columns, then `_error_message` "
+        "and `_row_number`.",
+        "content": {"text/csv": {"schema": {"type": "string"}}},
+    }
+}
+
+
+@router.get("/", response_model=Page[RunOut], response_model_exclude_unset=True)
+async def list_runs(
+    request: Request,
+    session: SessionDep,
+    params: Annotated[PageParams, Depends(page_params)],
+    principal: Annotated[Principal, Depends(require(VIEW))],
+    status: Annotated[RunStatus | None, Query(description="Only runs in this status.")] = None,
+    importer: Annotated[str | None, Query(description="Only runs of this importer.")] = None,
+    sort: Annotated[RunSort, Query(description="Sort field.")] = "id",
+    order: Annotated[Literal["asc", "desc"], Query(description="Sort direction.")] = "desc",
+) -> dict[str, Any]:
+    """List runs, newest first; filter by status and importer."""
+    stmt = service.list_query(
+        source_id=principal.source_id, status=status, importer=importer, sort=sort, order=order
+    )
+    return await paginate(session, request, stmt, params, service.to_resource)
+
+
+@router.get("/{run:int}", response_model=One[RunOut], responses=error_responses(404))
+async def show_run(
+    run: int,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: Annotated[Principal, Depends(require(VIEW))],
+) -> dict[str, Any]:
+    """Show a run with its progress, summary and first rows."""
+    found = await service.get_run(session, run, source_id=principal.source_id)
+    rows = await service.first_rows(session, found.id, settings.max_show_rows)
+    return {"data": service.to_resource(found, rows)}
+
+
+@router.get("/{run:int}/rows", response_model=Page[RowOut], responses=error_responses(404))
+async def list_rows(
+    run: int,
+    request: Request,
+    session: SessionDep,
+    params: Annotated[PageParams, Depends(page_params)],
+    principal: Annotated[Principal, Depends(require(VIEW))],
+    status: Annotated[RowStatus | None, Query(description="Only rows in this status.")] = None,
+) -> dict[str, Any]:
+    """List a run's rows in row order; filter by status."""
+    found = await service.get_run(session, run, source_id=principal.source_id)
+    stmt = service.rows_query(found.id, status=status)
+    return await paginate(session, request, stmt, params, service.row_resource)
+
+
+@router.post("/{run:int}/cancel", response_model=MessageOut, responses=error_responses(404, 409))
+async def cancel_run(
+    run: int, session: SessionDep, principal: Annotated[Principal, Depends(require(CREATE))]
+) -> dict[str, Any]:
+    """Cancel an unfinished run: no new chunk starts (409 when it already finished)."""
+    found = await service.get_run(session, run, source_id=principal.source_id)
+    await service.cancel_run(session, found)
+    return {"message": "Cancellation request sent."}
+
+
+@router.post(
+    "/{run:int}/retry",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=One[RunOut],
+    # No `rows` key, so an Idempotency-Key replay (the stored dict) is the same document.
+    response_model_exclude_unset=True,
+    responses=error_responses(400, 404, 409, 422),
+)
+async def retry_run(
+    run: int,
+    request: Request,
+    session: SessionDep,
+    queue: QueueDep,
+    principal: Annotated[Principal, Depends(require(CREATE))],
+    idempotency: IdempotencyDep,
+    body: Annotated[RetryIn | None, Body()] = None,
+) -> Any:
+    """Start a new run with exactly the failed rows of this run (400 when it has none)."""
+    parent = await service.get_run(session, run, source_id=principal.source_id)
+    dry_run = bool(body and body.dry_run)
+    request_hash = fingerprint("retry", str(parent.id), str(dry_run))
+    replayed = await idempotency.replay(session, principal.token_id, request_hash)
+    if replayed is not None:
+        return replayed
+    created = await service.create_retry(
+        session,
+        parent.id,
+        source_id=principal.source_id,
+        user_id=principal.user_id,
+        token_id=principal.token_id,
+        dry_run=dry_run,
+    )
+    result = {"data": service.to_resource(created)}
+    await idempotency.save(session, principal.token_id, request_hash, 202, result)
+    run_id = created.id
+
+    async def start() -> None:
+        await enqueue_quietly(enqueue_split, queue, run_id)
+
+    after_commit(request, start)
+    return result
+
+
+@router.get(
+    "/{run:int}/errors/summary",
+    response_model=One[ErrorSummaryOut],
+    responses=error_responses(404),
+)
+async def error_summary(
+    run: int, session: SessionDep, principal: Annotated[Principal, Depends(require(VIEW))]
+) -> dict[str, Any]:
+    """Failed rows grouped by error and by field message, most frequent first."""
+    found = await service.get_run(session, run, source_id=principal.source_id)
+    return {"data": await service.error_summary(session, found.id)}
+
+
+@router.get(
+    "/{run:int}/failed-rows/download",
+    response_class=StreamingResponse,
+    responses={**CSV_RESPONSE, **error_responses(404)},
+)
+async def download_failed_rows(
+    run: int,
+    request: Request,
+    session: SessionDep,
+    principal: Annotated[Principal, Depends(require(VIEW))],
+) -> StreamingResponse:
+    """Download the failed rows as CSV, to fix and upload again (404 when there are none)."""
+    found = await service.get_run(session, run, source_id=principal.source_id)
+    export = await service.failed_rows_export(session, found)
+    return StreamingResponse(
+        service.failed_rows_csv(request.app.state.session_factory, export),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{export.filename}"'},
+    )

@@ -5,6 +5,7 @@ from typing import Any
 
 from arq import Worker, cron
 
+import app.models  # noqa: F401  (every table, for the ORM's foreign keys)
 from app.core.config import Settings
 from app.core.db import create_engine, create_session_factory
 from app.core.queue import create_queue, deserialize, serialize

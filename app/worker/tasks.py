@@ -16,7 +16,7 @@ from app.importers.models import Importer
 from app.importers.schemas import ImporterDefinition
 from app.pipeline import lifecycle, splitter, writer
 from app.pipeline.fetch import FetchError, fetch_to_storage
-from app.runs.models import Run
+from app.runs.models import FINISHED_STATUSES, Run
 from app.runs.service import create_run
 
 log = logging.getLogger("ingest.worker")
@@ -48,8 +48,10 @@ async def _fetch_if_needed(factory: Any, settings: Settings, run_id: int) -> boo
     """URL runs download their input first; False when the run cannot go on."""
     async with unit_of_work(factory) as session:
         run = await session.get(Run, run_id)
-        if run is None or run.kind != "url" or run.file_key is not None:
-            return run is not None
+        if run is None or run.status in FINISHED_STATUSES:
+            return False  # nothing to download for a run that ended (e.g. cancelled)
+        if run.kind != "url" or run.file_key is not None:
+            return True
         importer = await session.get(Importer, run.importer_id)
         assert importer is not None
         source = ImporterDefinition.model_validate(importer.definition).source
