@@ -1,3 +1,227 @@
-from fastapi import APIRouter
+"""Sources over HTTP. A source-bound token sees only its own source (others: 404)."""
 
-router = APIRouter()
+from typing import Annotated, Any, Literal
+
+from arq import ArqRedis
+from fastapi import APIRouter, Body, Depends, Query, Request, status
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.dependencies import Principal, require
+from app.auth.permissions import ADMIN, CREATE, VIEW
+from app.core.deps import QueueDep, SessionDep, after_commit
+from app.core.errors import error_responses
+from app.core.idempotency import Idempotency, IdempotencyDep, fingerprint
+from app.core.pagination import One, Page, PageParams, page_params, paginate
+from app.core.queue import enqueue_quietly, enqueue_split
+from app.runs import service as runs_service
+from app.sources import service
+from app.sources.schemas import (
+    SourceCreate,
+    SourceOut,
+    SourceTokenCreate,
+    SourceTokenOut,
+    SourceUpdate,
+    SyncOut,
+)
+
+router = APIRouter(prefix="/sources", tags=["sources"], responses=error_responses(401, 403))
+
+ViewDep = Annotated[Principal, Depends(require(VIEW))]
+AdminDep = Annotated[Principal, Depends(require(ADMIN))]
+
+
+@router.get("", response_model=Page[SourceOut])
+async def list_sources(
+    request: Request,
+    session: SessionDep,
+    params: Annotated[PageParams, Depends(page_params)],
+    principal: ViewDep,
+    status_: Annotated[
+        Literal["active", "paused", "error", "syncing"] | None, Query(alias="status")
+    ] = None,
+    provider: str | None = None,
+    ingestion_type: str | None = None,
+    is_active: bool | None = None,
+    approval_mode: Literal["auto", "manual"] | None = None,
+    sort: Literal["id", "name", "source_priority", "created_at", "updated_at"] = "id",
+    order: Literal["asc", "desc"] = "desc",
+) -> dict[str, Any]:
+    """List sources, newest first (filters: status, provider, ingestion_type, is_active)."""
+    await service.settle_syncs(session)
+    stmt = service.list_query(
+        scope_source_id=principal.source_id,
+        status=status_,
+        provider=provider,
+        ingestion_type=ingestion_type,
+        is_active=is_active,
+        approval_mode=approval_mode,
+        sort=sort,
+        order=order,
+    )
+    return await paginate(session, request, stmt, params, service.to_resource)
+
+
+@router.get("/{source_id:int}", response_model=One[SourceOut], responses=error_responses(404))
+async def show_source(source_id: int, session: SessionDep, principal: ViewDep) -> dict[str, Any]:
+    """Show one source with its sync state."""
+    await service.settle_syncs(session)
+    source = await service.get(session, source_id, scope_source_id=principal.source_id)
+    return {"data": service.to_resource(source)}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=One[SourceOut],
+    responses=error_responses(422),
+)
+async def create_source(
+    session: SessionDep,
+    principal: Annotated[Principal, Depends(require(CREATE))],
+    body: SourceCreate,
+) -> dict[str, Any]:
+    """Create a source (only an admin may choose its approval mode)."""
+    source = await service.create(
+        session,
+        body.model_dump(exclude_unset=True),
+        is_admin=principal.can(ADMIN),
+        scope_source_id=principal.source_id,
+    )
+    return {"data": service.to_resource(source)}
+
+
+@router.put("/{source_id:int}", response_model=One[SourceOut], responses=error_responses(404, 422))
+async def update_source(
+    source_id: int, session: SessionDep, principal: AdminDep, body: SourceUpdate
+) -> dict[str, Any]:
+    """Change a source; only the fields given change."""
+    source = await service.get(
+        session, source_id, scope_source_id=principal.source_id, for_update=True
+    )
+    source = await service.update(
+        session, source, body.model_dump(exclude_unset=True), is_admin=principal.can(ADMIN)
+    )
+    return {"data": service.to_resource(source)}
+
+
+@router.delete(
+    "/{source_id:int}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404)
+)
+async def delete_source(source_id: int, session: SessionDep, principal: AdminDep) -> None:
+    """Delete a source and revoke its tokens (its runs, items and records stay, unlinked)."""
+    source = await service.get(session, source_id, scope_source_id=principal.source_id)
+    await service.delete(session, source)
+
+
+@router.post(
+    "/{source_id:int}/pause", response_model=One[SourceOut], responses=error_responses(404)
+)
+async def pause_source(source_id: int, session: SessionDep, principal: AdminDep) -> dict[str, Any]:
+    """Pause a source: no scheduled run starts and its pushes get 409 until it is resumed."""
+    source = await service.get(
+        session, source_id, scope_source_id=principal.source_id, for_update=True
+    )
+    return {"data": service.to_resource(await service.set_paused(session, source, True))}
+
+
+@router.post(
+    "/{source_id:int}/resume", response_model=One[SourceOut], responses=error_responses(404)
+)
+async def resume_source(source_id: int, session: SessionDep, principal: AdminDep) -> dict[str, Any]:
+    """Resume a paused source."""
+    source = await service.get(
+        session, source_id, scope_source_id=principal.source_id, for_update=True
+    )
+    return {"data": service.to_resource(await service.set_paused(session, source, False))}
+
+
+async def _sync(
+    request: Request,
+    session: AsyncSession,
+    queue: ArqRedis,
+    principal: Principal,
+    idempotency: Idempotency,
+    source_id: int,
+    *,
+    initial: bool,
+) -> Any:
+    source = await service.get(session, source_id, scope_source_id=principal.source_id)
+    request_hash = fingerprint("import" if initial else "sync", str(source_id))
+    replayed = await idempotency.replay(session, principal.token_id, request_hash)
+    if replayed is not None:
+        return replayed
+    runs = await service.start_sync(
+        session,
+        source,
+        user_id=principal.user_id,
+        token_id=principal.token_id,
+        initial=initial,
+    )
+    data = {
+        "source": service.to_resource(source),
+        "runs": [runs_service.to_resource(run) for run in runs],
+    }
+    # Stored as the response model renders it, so a replay is the same document.
+    result = {"data": SyncOut.model_validate(data).model_dump(mode="json")}
+    await idempotency.save(session, principal.token_id, request_hash, 202, result)
+    run_ids = [run.id for run in runs]
+
+    async def start() -> None:
+        for run_id in run_ids:
+            await enqueue_quietly(enqueue_split, queue, run_id)
+
+    after_commit(request, start)
+    return result
+
+
+@router.post(
+    "/{source_id:int}/sync",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=One[SyncOut],
+    responses=error_responses(404, 409, 422),
+)
+async def sync_source(
+    source_id: int,
+    request: Request,
+    session: SessionDep,
+    queue: QueueDep,
+    principal: AdminDep,
+    idempotency: IdempotencyDep,
+) -> Any:
+    """Start a run of every URL importer of the source now."""
+    return await _sync(request, session, queue, principal, idempotency, source_id, initial=False)
+
+
+@router.post(
+    "/{source_id:int}/import",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=One[SyncOut],
+    responses=error_responses(404, 409, 422),
+)
+async def import_source(
+    source_id: int,
+    request: Request,
+    session: SessionDep,
+    queue: QueueDep,
+    principal: AdminDep,
+    idempotency: IdempotencyDep,
+) -> Any:
+    """Initial import: run every URL importer of the source and mark the source active."""
+    return await _sync(request, session, queue, principal, idempotency, source_id, initial=True)
+
+
+@router.post(
+    "/{source_id:int}/tokens",
+    status_code=status.HTTP_201_CREATED,
+    response_model=One[SourceTokenOut],
+    responses=error_responses(404, 422),
+)
+async def create_source_token(
+    source_id: int,
+    session: SessionDep,
+    principal: AdminDep,
+    body: Annotated[SourceTokenCreate | None, Body()] = None,
+) -> dict[str, Any]:
+    """Issue a service token bound to this source (e.g. for an n8n workflow); shown once."""
+    source = await service.get(session, source_id, scope_source_id=principal.source_id)
+    return {"data": await service.issue_agent_token(session, source, body or SourceTokenCreate())}

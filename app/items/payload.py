@@ -1,0 +1,218 @@
+"""The push body: read with a size limit and parsed by hand, so hostile JSON is refused (422)
+before anything is stored, instead of reaching FastAPI's parser or the worker.
+
+Refused: items nested deeper than ``MAX_DEPTH`` levels (the item itself being level 1, as for a
+row of an NDJSON file), integers of over ``MAX_INT_DIGITS`` digits, ``NaN``/``Infinity`` (and
+numbers that overflow to them), lone surrogate escapes and NUL characters (Postgres cannot
+store either in JSONB), and items that are not objects.
+"""
+
+import hashlib
+import json
+import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from app.core.errors import PayloadTooLarge, ValidationFailed
+from app.core.storage import new_key, path_for, remove_quietly
+
+MAX_DEPTH = 64
+MAX_INT_DIGITS = 4300
+# The body's byte budget grows with the item limit; a request may spend it on a few big items.
+BYTES_PER_ITEM = 64 * 1024
+
+
+class _Refused(ValueError):
+    """Raised from inside the JSON parser's hooks."""
+
+
+def _invalid(field: str, message: str) -> ValidationFailed:
+    return ValidationFailed(message, errors={field: [message]})
+
+
+def byte_limit(max_items: int, max_upload_bytes: int) -> int:
+    return min(max_items * BYTES_PER_ITEM, max_upload_bytes)
+
+
+async def read_limited(
+    content_length: str | None, stream: AsyncIterator[bytes], limit: int
+) -> bytes:
+    """The whole body, or 413 as soon as it is known to exceed ``limit`` bytes."""
+    too_large = PayloadTooLarge(f"The request body may not be greater than {limit:,} bytes.")
+    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in stream:
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
+def _parse_int(text: str) -> int:
+    if len(text) - text.startswith("-") > MAX_INT_DIGITS:
+        raise _Refused(f"an integer has more than {MAX_INT_DIGITS:,} digits")
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _Refused(f"the number {text[:20]}{'...' * (len(text) > 20)} is out of range")
+    return value
+
+
+def _parse_constant(name: str) -> Any:
+    raise _Refused(f"{name} is not valid JSON")
+
+
+def parse_json(body: bytes) -> Any:
+    if not body.strip():
+        raise _invalid("body", "The request body must be a JSON object.")
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise _invalid("body", "The request body must be UTF-8 encoded JSON.") from exc
+    try:
+        return json.loads(
+            text,
+            parse_int=_parse_int,
+            parse_float=_parse_float,
+            parse_constant=_parse_constant,
+        )
+    except _Refused as exc:
+        raise _invalid("body", f"The request body was refused: {exc}.") from exc
+    except RecursionError as exc:
+        raise _invalid(
+            "body", f"The request body is nested deeper than {MAX_DEPTH} levels."
+        ) from exc
+    except json.JSONDecodeError as exc:
+        raise _invalid(
+            "body", f"The request body is not valid JSON: {exc.msg} at line {exc.lineno}."
+        ) from exc
+
+
+def _check_item(item: Any, path: str) -> None:
+    """An object of bounded depth whose text Postgres can store; else 422 naming ``path``."""
+    if type(item) is not dict:
+        raise _invalid(path, f"The {path} must be an object.")
+    stack: list[tuple[Any, int]] = [(item, 1)]
+    while stack:
+        value, level = stack.pop()
+        if level > MAX_DEPTH:
+            raise _invalid(path, f"The {path} is nested deeper than {MAX_DEPTH} levels.")
+        children = value.items() if type(value) is dict else enumerate(value)
+        for key, child in children:
+            for text in (key, child):
+                if type(text) is str and not _storable(text):
+                    raise _invalid(
+                        path,
+                        f"The {path} contains a NUL character or an unpaired surrogate escape.",
+                    )
+            if type(child) is dict or type(child) is list:
+                stack.append((child, level + 1))
+
+
+def _storable(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class PushBody:
+    items: list[dict[str, Any]]
+    # Field-path prefix of each item in error messages: `item` or `items.<n>`.
+    envelope: str
+
+    def path(self, index: int) -> str:
+        return "item" if self.envelope == "item" else f"items.{index}"
+
+
+def parse_push(body: bytes, max_items: int) -> PushBody:
+    """``{"item": {...}}`` or ``{"items": [...]}``: 413 over ``max_items``, 422 for the rest."""
+    document = parse_json(body)
+    if type(document) is not dict:
+        raise _invalid("body", 'The request body must be an object with "item" or "items".')
+    if "item" in document and "items" in document:
+        raise _invalid("items", 'Give either "item" or "items", not both.')
+    if "item" in document:
+        _check_item(document["item"], "item")
+        return PushBody([document["item"]], "item")
+    if "items" not in document:
+        raise _invalid("items", "The items field is required when item is not present.")
+    items = document["items"]
+    if type(items) is not list:
+        raise _invalid("items", "The items must be an array.")
+    if not items:
+        raise _invalid("items", "The items field must have at least 1 item.")
+    if len(items) > max_items:
+        raise PayloadTooLarge(
+            f"Too many items: at most {max_items:,} per request, got {len(items):,}."
+        )
+    for index, item in enumerate(items):
+        _check_item(item, f"items.{index}")
+    return PushBody(items, "items")
+
+
+def canonical_json(items: list[dict[str, Any]]) -> str:
+    """The items as one canonical text: key order and spacing do not change the fingerprint."""
+    return json.dumps(items, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _dump(item: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(item)
+    except TypeError:  # an integer wider than 64 bits: the standard library writes it exactly
+        return json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    key: str
+    size: int
+    sha256: str
+
+
+def store_items(storage_dir: Path, items: list[dict[str, Any]], *, as_array: bool) -> StoredFile:
+    """Write the items under a server-made key: NDJSON (one object a line) or a JSON array."""
+    key = new_key(".json" if as_array else ".ndjson")
+    path = path_for(storage_dir, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with path.open("wb") as fh:
+            if as_array:
+                fh.write(b"[")
+                digest.update(b"[")
+                size += 1
+            for index, item in enumerate(items):
+                line = _dump(item)
+                if as_array:
+                    line = (b"," if index else b"") + line
+                else:
+                    line += b"\n"
+                fh.write(line)
+                digest.update(line)
+                size += len(line)
+            if as_array:
+                fh.write(b"]")
+                digest.update(b"]")
+                size += 1
+    except BaseException:
+        remove_quietly(path)
+        raise
+    return StoredFile(key=key, size=size, sha256=digest.hexdigest())
+
+
+def discard(storage_dir: Path, stored: StoredFile) -> None:
+    remove_quietly(path_for(storage_dir, stored.key))

@@ -1,0 +1,424 @@
+"""Items: the push front door's checks, listing, and the review transitions of SPEC §6.
+
+Every transition is one conditional UPDATE on the item's status *and* ``updated_at`` as seen
+when the request read it: of two concurrent transitions exactly one matches, the other finds
+no row and gets 409. ``updated_at`` makes it a version, so a retarget (which keeps the status)
+and a re-push of the item's content (which bumps it) race the same way.
+"""
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.dependencies import Principal
+from app.auth.models import User
+from app.core.db import json_dumps, raw_connection
+from app.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from app.importers.models import Importer
+from app.importers.schemas import ImporterDefinition
+from app.items import hooks
+from app.items.models import Item, ItemEvent
+from app.items.staging import prepare, refresh_markers
+from app.pipeline.chunks import ChunkRow
+from app.pipeline.mapping import MissingColumns, plan_columns
+from app.pipeline.validation import RowValidator
+from app.pipeline.writer import content_hash, upsert_records
+from app.sources.models import Source
+from app.sources.urls import same_source_url
+
+# action -> (statuses it is allowed from, status it leads to)
+TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {
+    "approve": (("pending", "processing"), "approved"),
+    "reject": (("pending", "processing"), "rejected"),
+    "request-changes": (("pending", "processing"), "changes_requested"),
+    "promote": (("approved",), "merged"),
+}
+SORTABLE = {"id": Item.id, "created_at": Item.created_at, "updated_at": Item.updated_at}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if value else None
+
+
+def _invalid(field: str, message: str) -> ValidationFailed:
+    return ValidationFailed(message, errors={field: [message]})
+
+
+# --- push -------------------------------------------------------------------------------
+
+
+async def importer_for(session: AsyncSession, slug: str, scope_source_id: int | None) -> Importer:
+    """The importer ``slug`` as a token sees it: a source-bound token reaches importers of its
+    source and importers bound to no source (the shared ``event``, ``place``... types)."""
+    importer = await session.scalar(select(Importer).where(Importer.slug == slug))
+    if importer is None or (
+        scope_source_id is not None and importer.source_id not in (None, scope_source_id)
+    ):
+        raise NotFound(f"Importer '{slug}' not found.")
+    return importer
+
+
+def push_definition(importer: Importer) -> ImporterDefinition:
+    definition = ImporterDefinition.model_validate(importer.definition)
+    if definition.source.type != "push":
+        raise _invalid(
+            "type",
+            f"Importer '{importer.slug}' takes no pushed items (its source is "
+            f"{definition.source.type}).",
+        )
+    if definition.format not in ("auto", "ndjson", "json"):
+        raise _invalid(
+            "type",
+            f"Importer '{importer.slug}' reads {definition.format}; a push importer's format "
+            "must be auto, json or ndjson.",
+        )
+    return definition
+
+
+async def push_source(session: AsyncSession, source_id: int | None) -> Source | None:
+    """The source a push is for; 409 while it is paused."""
+    if source_id is None:
+        return None
+    source = await session.get(Source, source_id)
+    if source is None:
+        return None
+    if source.status == "paused":
+        raise Conflict(
+            f"Source {source.id} ({source.name}) is paused: it takes no items until it is resumed."
+        )
+    return source
+
+
+def check_source_urls(items: list[dict[str, Any]], source: Source, paths: list[str]) -> None:
+    """A source-bound token pushes only its own source's items: each item's ``source_url``
+    must name the token's source (403 otherwise). An item without one is the source's own:
+    it gets the source's URL, so the field is there for the importer to map."""
+    for item, path in zip(items, paths, strict=True):
+        value = item.get("source_url")
+        if value is None or value == "":
+            item["source_url"] = source.source_url
+        elif not isinstance(value, str) or not same_source_url(value, source.source_url):
+            raise Forbidden(
+                f"The {path}.source_url does not match the token's source ({source.source_url})."
+                " Nothing was stored."
+            )
+
+
+# --- reading ----------------------------------------------------------------------------
+
+
+def visible(stmt: Select[Any], scope_source_id: int | None) -> Select[Any]:
+    return stmt if scope_source_id is None else stmt.where(Item.source_id == scope_source_id)
+
+
+def list_query(
+    *,
+    scope_source_id: int | None = None,
+    status: str | None = None,
+    type_: str | None = None,
+    source_id: int | None = None,
+    run_id: int | None = None,
+    external_id: str | None = None,
+    has_duplicates: bool | None = None,
+    sort: str = "id",
+    order: str = "desc",
+) -> Select[tuple[Item]]:
+    stmt = visible(select(Item), scope_source_id)
+    for column, value in (
+        (Item.status, status),
+        (Item.type, type_),
+        (Item.source_id, source_id),
+        (Item.run_id, run_id),
+        (Item.external_id, external_id),
+    ):
+        if value is not None:
+            stmt = stmt.where(column == value)
+    if has_duplicates is not None:
+        count = func.jsonb_array_length(Item.duplicates)
+        stmt = stmt.where(count > 0 if has_duplicates else count == 0)
+    by = SORTABLE[sort]
+    if order == "asc":
+        return stmt.order_by(by.asc(), Item.id.asc())
+    return stmt.order_by(by.desc(), Item.id.desc())
+
+
+async def get(session: AsyncSession, item_id: int, *, scope_source_id: int | None = None) -> Item:
+    stmt = visible(select(Item).where(Item.id == item_id), scope_source_id)
+    item: Item | None = await session.scalar(stmt.execution_options(populate_existing=True))
+    if item is None:
+        raise NotFound(f"Item {item_id} not found.")
+    return item
+
+
+async def history(session: AsyncSession, item_id: int) -> list[dict[str, Any]]:
+    rows = (
+        await session.execute(
+            select(ItemEvent, User.email)
+            .outerjoin(User, User.id == ItemEvent.actor_user_id)
+            .where(ItemEvent.item_id == item_id)
+            .order_by(ItemEvent.id)
+        )
+    ).all()
+    return [
+        {
+            "id": event.id,
+            "from": event.from_status,
+            "to": event.to_status,
+            "note": event.note,
+            "actor": {
+                "user_id": event.actor_user_id,
+                "token_id": event.actor_token_id,
+                "email": email,
+            },
+            "created_at": _iso(event.created_at),
+        }
+        for event, email in rows
+    ]
+
+
+def to_resource(item: Item, events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    resource = {
+        "id": item.id,
+        "type": item.type,
+        "status": item.status,
+        "source_id": item.source_id,
+        "importer_id": item.importer_id,
+        "run_id": item.run_id,
+        "row_number": item.row_number,
+        "external_id": item.external_id,
+        "collection": item.collection,
+        "key": item.key,
+        "title": item.title,
+        "data": item.data,
+        "original": item.original,
+        "content_hash": item.content_hash,
+        "duplicates": item.duplicates,
+        "has_duplicates": bool(item.duplicates),
+        "record_id": item.record_id,
+        "note": item.note,
+        "created_at": _iso(item.created_at),
+        "updated_at": _iso(item.updated_at),
+    }
+    if events is not None:
+        resource["events"] = events
+    return resource
+
+
+async def show(session: AsyncSession, item_id: int, scope_source_id: int | None) -> dict[str, Any]:
+    item = await get(session, item_id, scope_source_id=scope_source_id)
+    return to_resource(item, await history(session, item.id))
+
+
+# --- transitions ------------------------------------------------------------------------
+
+
+def _forbidden(action: str, item: Item, allowed: str) -> ValidationFailed:
+    message = (
+        f"Item {item.id} cannot be {_PAST[action]}: its status is {item.status} "
+        f"({action} is allowed from {allowed})."
+    )
+    return ValidationFailed(message, errors={"status": [message]})
+
+
+_PAST = {
+    "approve": "approved",
+    "reject": "rejected",
+    "request-changes": "sent back for changes",
+    "promote": "promoted",
+    "retarget": "retargeted",
+}
+
+
+async def _claim(session: AsyncSession, item: Item, values: dict[str, Any], action: str) -> None:
+    """The conditional UPDATE: applies only if the item is as this request read it."""
+    claimed = await session.scalar(
+        update(Item)
+        .where(
+            Item.id == item.id,
+            Item.status == item.status,
+            Item.updated_at == item.updated_at,
+        )
+        .values(**values, updated_at=func.clock_timestamp())
+        .returning(Item.id)
+        .execution_options(synchronize_session=False)
+    )
+    if claimed is None:
+        now = await session.scalar(
+            select(Item.status).where(Item.id == item.id).execution_options(populate_existing=True)
+        )
+        raise Conflict(
+            f"Item {item.id} was changed by another request while this {action} was in flight "
+            f"(its status is now {now}); reload it and try again."
+        )
+
+
+async def _record(
+    session: AsyncSession,
+    item_id: int,
+    actor: Principal,
+    from_status: str,
+    to_status: str,
+    note: str | None,
+) -> None:
+    await session.execute(
+        insert(ItemEvent).values(
+            item_id=item_id,
+            actor_user_id=actor.user_id,
+            actor_token_id=actor.token_id,
+            from_status=from_status,
+            to_status=to_status,
+            note=note,
+        )
+    )
+
+
+def _clean(note: str | None) -> str | None:
+    return note.strip() or None if note is not None else None
+
+
+async def transition(
+    session: AsyncSession,
+    item_id: int,
+    action: str,
+    actor: Principal,
+    *,
+    note: str | None = None,
+) -> Item:
+    """approve, reject, request-changes or promote (see TRANSITIONS)."""
+    allowed, to_status = TRANSITIONS[action]
+    note = _clean(note)
+    if action == "request-changes" and note is None:
+        raise _invalid("note", "The note field is required.")
+    item = await get(session, item_id, scope_source_id=actor.source_id)
+    if item.status not in allowed:
+        raise _forbidden(action, item, ", ".join(allowed))
+    from_status = item.status
+    values: dict[str, Any] = {"status": to_status}
+    if note is not None:
+        values["note"] = note
+    await _claim(session, item, values, action)
+    if action == "promote":
+        await _promote(session, item)
+    await _record(session, item.id, actor, from_status, to_status, note)
+    return await get(session, item.id)
+
+
+async def _promote(session: AsyncSession, item: Item) -> None:
+    """Write the canonical record through the pipeline's own writer and link it."""
+    key = item.key
+    if key is None:  # an append importer: its records' keys are made, as the writer does
+        key = (
+            f"{item.run_id}:{item.row_number}"
+            if item.run_id is not None and item.row_number is not None
+            else f"item:{item.id}"
+        )
+    digest = item.content_hash or content_hash(item.data)
+    conn = await raw_connection(session)
+    await upsert_records(
+        conn,
+        item.collection,
+        item.source_id,
+        item.run_id,
+        {key: (json_dumps(item.data), digest, item.row_number or 0)},
+    )
+    record = await conn.fetchrow(
+        "SELECT id, content_hash, last_run_id, last_row_number FROM records "
+        "WHERE collection = $1 AND key = $2",
+        item.collection,
+        key,
+    )
+    if record is None or record["content_hash"] != digest:
+        # The writer keeps the latest row of a run: a later row of this item's run is already
+        # the record, and promoting an older one would undo it.
+        later = record["last_row_number"] if record is not None else None
+        raise Conflict(
+            f"Record '{key}' of {item.collection} holds row {later} of run {item.run_id}, "
+            f"a later row than this item's ({item.row_number}); promote that row's item instead."
+        )
+    await session.execute(
+        update(Item)
+        .where(Item.id == item.id)
+        .values(record_id=record["id"], key=key)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def retarget(
+    session: AsyncSession,
+    item_id: int,
+    actor: Principal,
+    *,
+    new_type: str | None,
+    note: str | None,
+    threshold: float,
+) -> Item:
+    """Move an item to another importer's type: its data is re-validated from what was
+    pushed, its canonical link cleared and its duplicate markers recomputed. The status stays."""
+    new_type = (new_type or "").strip()
+    if not new_type:
+        raise _invalid("type", "The type field is required.")
+    item = await get(session, item_id, scope_source_id=actor.source_id)
+    if item.status == "merged":
+        raise _forbidden("retarget", item, "any status but merged")
+    if new_type == item.type:
+        raise _invalid("type", f"Item {item.id} is already of type {new_type}.")
+    try:
+        importer = await importer_for(session, new_type, actor.source_id)
+    except NotFound as exc:
+        raise _invalid("type", "The selected type is invalid.") from exc
+    definition = ImporterDefinition.model_validate(importer.definition)
+
+    original = dict(item.original if item.original is not None else item.data)
+    hooks.apply_hooks(definition, [original])
+    try:
+        validator = RowValidator(definition, plan_columns(definition, list(original)))
+    except MissingColumns as exc:
+        raise _invalid("type", f"Item {item.id} cannot become a {new_type}: {exc}.") from exc
+    result = validator.validate(original)
+    if result.errors or result.data is None:
+        errors = {f"data.{field}": messages for field, messages in (result.errors or {}).items()}
+        first = next(iter(errors.values()), ["The given data was invalid."])[0]
+        raise ValidationFailed(f"Item {item.id} is not a valid {new_type}: {first}", errors=errors)
+    staged = prepare(
+        ChunkRow(item.row_number or 0, original, result.data, result.key, None), definition
+    )
+
+    old_type, status = item.type, item.status
+    try:
+        async with session.begin_nested():
+            await _claim(
+                session,
+                item,
+                {
+                    "type": definition.slug,
+                    "importer_id": importer.id,
+                    "collection": definition.collection,
+                    "key": staged.key,
+                    "title": staged.title,
+                    "external_id": staged.external_id,
+                    "data": result.data,
+                    "content_hash": staged.hash,
+                    "record_id": None,
+                    "duplicates": [],
+                    **({"note": _clean(note)} if _clean(note) else {}),
+                },
+                "retarget",
+            )
+    except IntegrityError as exc:
+        raise Conflict(
+            f"An open item of type {new_type} with external id {staged.external_id!r} already "
+            "exists for this source; review that one instead."
+        ) from exc
+    text = f"Retargeted from {old_type} to {new_type}."
+    note = _clean(note)
+    await _record(session, item.id, actor, status, status, f"{text} {note}" if note else text)
+    await refresh_markers(
+        await raw_connection(session),
+        [item.id],
+        title_field=definition.title_field,
+        threshold=threshold,
+    )
+    return await get(session, item.id)

@@ -1,0 +1,142 @@
+"""Source API shapes. Field messages follow the service's Laravel voice."""
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from app.auth.schemas import TokenCreated
+from app.runs.schemas import RunOut
+from app.sources.urls import canonical_url
+
+INGESTION_TYPES = ("api", "scrape", "manual", "csv", "upload", "url")
+APPROVAL_MODES = ("auto", "manual")
+SOURCE_STATUSES = ("active", "paused", "error", "syncing")
+
+# The service role's abilities: what a source's agent token may hold.
+AGENT_ABILITIES = ("ingest:view", "ingest:create")
+
+
+def _one_of(value: str | None, allowed: tuple[str, ...], label: str) -> str | None:
+    if value is not None and value not in allowed:
+        raise ValueError(f"The selected {label} is invalid (choose from {', '.join(allowed)}).")
+    return value
+
+
+def _stripped(value: str | None) -> str | None:
+    """Trimmed text; blank counts as absent, like Laravel's ConvertEmptyStringsToNull."""
+    if value is None:
+        return None
+    value = value.strip()
+    return value or None
+
+
+class _SourceFields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    provider: Annotated[str | None, Field(max_length=100)] = None
+    external_source_id: Annotated[str | None, Field(max_length=200)] = Field(
+        None, description="The source's id at its provider; unique within the provider."
+    )
+    source_priority: Annotated[int | None, Field(ge=-1_000_000, le=1_000_000)] = None
+    is_active: bool | None = None
+    approval_mode: str | None = Field(
+        None, description="auto | manual: manual stages pushed rows as items to review."
+    )
+    ingestion_type: str | None = Field(None, description=" | ".join(INGESTION_TYPES))
+
+    @field_validator("provider", "external_source_id")
+    @classmethod
+    def _trim(cls, value: str | None) -> str | None:
+        return _stripped(value)
+
+    @field_validator("ingestion_type")
+    @classmethod
+    def _ingestion_type(cls, value: str | None) -> str | None:
+        return _one_of(value, INGESTION_TYPES, "ingestion type")
+
+    @field_validator("approval_mode")
+    @classmethod
+    def _approval_mode(cls, value: str | None) -> str | None:
+        return _one_of(value, APPROVAL_MODES, "approval mode")
+
+    @field_validator("source_url", check_fields=False)
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else canonical_url(value)
+
+    @field_validator("name", check_fields=False)
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("The name field is required.")
+        return None if value is None else value.strip()
+
+
+class SourceCreate(_SourceFields):
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    source_url: Annotated[str, Field(min_length=1, max_length=2000)] = Field(
+        description="The source's canonical URL; unique. Items pushed with a source-bound "
+        "token must carry it as their `source_url`."
+    )
+
+
+class SourceUpdate(_SourceFields):
+    """Only the fields given change."""
+
+    name: Annotated[str | None, Field(min_length=1, max_length=200)] = None
+    source_url: Annotated[str | None, Field(min_length=1, max_length=2000)] = None
+
+
+class SourceOut(BaseModel):
+    id: int
+    name: str
+    source_url: str
+    ingestion_type: str
+    provider: str | None
+    external_source_id: str | None
+    source_priority: int
+    is_active: bool
+    approval_mode: str
+    status: str = Field(description=" | ".join(SOURCE_STATUSES))
+    last_sync_started_at: str | None
+    last_sync_finished_at: str | None
+    last_sync_message: str | None
+    created_at: str | None
+    updated_at: str | None
+
+
+class SyncOut(BaseModel):
+    source: SourceOut
+    runs: list[RunOut]
+
+
+class SourceTokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str | None, Field(min_length=1, max_length=200)] = Field(
+        None, description="Default: `<source name> agent`."
+    )
+    abilities: list[str] = Field(
+        default_factory=lambda: list(AGENT_ABILITIES),
+        description="A subset of ingest:view, ingest:create (the service role's abilities).",
+    )
+    user_email: Annotated[str | None, Field(max_length=320)] = Field(
+        None, description="The token's service user; default: one agent user per source."
+    )
+    expires_in_days: int | None = Field(None, ge=1, le=3650)
+
+    @field_validator("abilities")
+    @classmethod
+    def _abilities(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("The abilities field must name at least one ability.")
+        for ability in value:
+            if ability not in AGENT_ABILITIES:
+                raise ValueError(
+                    f"The selected ability {ability!r} is invalid: a source token belongs to a "
+                    f"service user (choose from {', '.join(AGENT_ABILITIES)})."
+                )
+        return sorted(set(value))
+
+
+SourceTokenOut = TokenCreated
