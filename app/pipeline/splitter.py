@@ -37,6 +37,10 @@ class Splitter:
 
     def __init__(self, definition: ImporterDefinition, columns: list[str]):
         self.definition = definition
+        # JSON inputs discover keys as they go: `columns` is the reader's live list, and the
+        # header plan is redone when it grows.
+        self.columns = columns
+        self.planned = len(columns)
         self.validator = RowValidator(definition, plan_columns(definition, columns))
         # skip/fail decide on the first row of a key; `update` lets later rows win at write
         # time, so only the former need to remember keys (hashes keep memory small).
@@ -48,6 +52,11 @@ class Splitter:
     ) -> chunks.ChunkRow:
         if read_error is not None:
             return chunks.ChunkRow(row_number, original, None, None, {"message": read_error})
+        if len(self.columns) != self.planned:
+            self.planned = len(self.columns)
+            self.validator = RowValidator(
+                self.definition, plan_columns(self.definition, self.columns)
+            )
         result = self.validator.validate(original)
         if result.errors:
             errors = {"message": INVALID, "validation": result.errors}
@@ -61,7 +70,8 @@ class Splitter:
 
 
 def _file_rows(path: Path, fmt: str, filename: str, sheet: str | None) -> Iterator[Any]:
-    """Yields the table's columns first, then (row_number, data, error) per row."""
+    """Yields the table first (its ``columns`` list grows for JSON), then (row_number, data,
+    error) per row."""
     with open_table(path, fmt, filename=filename, sheet=sheet) as table:
         yield table
         for number, (data, error) in enumerate(table.rows(), start=1):
@@ -144,7 +154,6 @@ async def split_run(
                 table.columns,
                 _aiter(rows),
                 resume_from,
-                table=table,
             )
     except (ReadError, MissingColumns) as exc:
         async with unit_of_work(factory) as session:
@@ -168,7 +177,6 @@ async def _split(
     columns: list[str],
     rows: AsyncIterator[RawRow],
     resume_from: int,
-    table: Any = None,
 ) -> None:
     splitter = Splitter(definition, columns)
     size = definition.chunk_size
@@ -202,14 +210,11 @@ async def _split(
                     "id": run_id,
                     "written": this + 1,
                     "total": total,
-                    "columns": json_dumps(current_columns()),
+                    "columns": json_dumps(columns),
                 },
             )
         await enqueue_quietly(enqueue_chunk, queue, run_id, this)
         return bool(flag)
-
-    def current_columns() -> list[str]:
-        return list(table.columns) if table is not None else columns
 
     async for number, data, error in rows:
         batch.append(splitter.row(number, data, error))
@@ -229,6 +234,6 @@ async def _split(
                 "columns = CAST(:columns AS jsonb), updated_at = now() "
                 "WHERE id = :id AND chunks_total IS NULL"
             ),
-            {"id": run_id, "total": total, "columns": json_dumps(current_columns())},
+            {"id": run_id, "total": total, "columns": json_dumps(columns)},
         )
         await lifecycle.maybe_finalize(session, run_id, definition)

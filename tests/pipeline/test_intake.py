@@ -338,3 +338,20 @@ async def test_composite_keys_join_values_with_a_pipe(
     await run_worker()
     assert list(await records(session_factory, "flights")) == ["2013|UA|1545"]
     assert (await row_log(session_factory, run_id))[0]["record_key"] == "2013|UA|1545"
+
+
+async def test_ndjson_fields_that_appear_only_in_later_rows_are_mapped(
+    create_importer: CreateImporter,
+    upload: Upload,
+    run_worker: RunWorker,
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    await create_importer(key=["email"], fields=USER_FIELDS)
+    content = (
+        '{"Email": "ada@example.com", "Name": "Ada"}\n'
+        '{"Email": "bob@example.com", "Name": "Bob", "Age": 7}\n'
+    )
+    run_id = (await upload("users", content, filename="users.ndjson")).json()["data"]["id"]
+    await run_worker()
+    assert (await run_of(session_factory, run_id))["status"] == "completed"
+    assert (await records(session_factory, "users"))["bob@example.com"]["age"] == 7
