@@ -3,7 +3,7 @@
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Select, select
+from sqlalchemy import Select, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -94,6 +94,11 @@ async def update(
 
 
 async def delete(session: AsyncSession, importer: Importer) -> None:
+    """Delete the importer; its runs cascade, and their row logs (no foreign key) go here."""
+    await session.execute(
+        text("DELETE FROM run_rows WHERE run_id IN (SELECT id FROM runs WHERE importer_id = :id)"),
+        {"id": importer.id},
+    )
     await session.delete(importer)
     await session.flush()
 

@@ -12,7 +12,6 @@ class Record(Base):
     __tablename__ = "records"
     __table_args__ = (
         Index("uq_records_collection_key", "collection", "key", unique=True),
-        Index("ix_records_collection_last_run", "collection", "last_run_id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
