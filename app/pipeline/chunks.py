@@ -1,9 +1,11 @@
-"""A chunk's payload: the parsed, validated rows of one slice of a run.
+"""A chunk's payload: the raw rows of one slice of a run, and the validated form they take
+when the chunk is applied.
 
 Payloads are files in the shared storage directory (``chunks/<run>/<index>.json``), written
 before the chunk's ledger row is committed and removed after the chunk is applied: bulk rows
 stay out of Postgres' WAL, while the ledger row in Postgres stays the truth. Rows are compact
-JSON arrays: ``[row_number, original, data, key, errors, duplicate]``.
+JSON arrays: ``[row_number, original, read_error, duplicate]``. Validation happens when the
+chunk is applied, so that it runs in parallel on every worker rather than in the splitter.
 """
 
 import os
@@ -13,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+# row number, original data, read error (e.g. a ragged CSV row), duplicate of an earlier key
+RawRow = tuple[int, dict[str, Any], str | None, bool]
 
 
 @dataclass(slots=True)
@@ -26,15 +31,14 @@ class ChunkRow:
     duplicate: bool = False
 
 
-def encode(rows: list[ChunkRow]) -> bytes:
-    return orjson.dumps(
-        [[r.row_number, r.original, r.data, r.key, r.errors, r.duplicate] for r in rows],
-        default=str,
-    )
+def encode(rows: list[RawRow]) -> bytes:
+    # default=str: XLSX cells may be dates; they travel as ISO text, as in a CSV.
+    return orjson.dumps(rows, default=str)
 
 
-def decode(payload: bytes) -> list[ChunkRow]:
-    return [ChunkRow(*item) for item in orjson.loads(payload)]
+def decode(payload: bytes) -> list[RawRow]:
+    rows: list[RawRow] = orjson.loads(payload)
+    return rows
 
 
 def run_dir(storage_dir: Path, run_id: int) -> Path:
@@ -45,7 +49,7 @@ def payload_path(storage_dir: Path, run_id: int, index: int) -> Path:
     return run_dir(storage_dir, run_id) / f"{index}.json"
 
 
-def write_payload(path: Path, rows: list[ChunkRow]) -> None:
+def write_payload(path: Path, rows: list[RawRow]) -> None:
     """Write atomically: a reader never sees half a payload."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -53,7 +57,7 @@ def write_payload(path: Path, rows: list[ChunkRow]) -> None:
     os.replace(tmp, path)
 
 
-def read_payload(path: Path) -> list[ChunkRow]:
+def read_payload(path: Path) -> list[RawRow]:
     return decode(path.read_bytes())
 
 

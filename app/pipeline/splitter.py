@@ -28,45 +28,36 @@ from app.runs.models import FINISHED_STATUSES, Run
 
 log = logging.getLogger(__name__)
 
-INVALID = "The given data was invalid."
-RawRow = tuple[int, dict[str, Any], str | None]  # row number, original data, read error
+InputRow = tuple[int, dict[str, Any], str | None]  # row number, original data, read error
 
 
 class Splitter:
-    """Turns raw rows into ChunkRows: validation, key, and duplicate-in-run marking."""
+    """Checks the header and marks rows whose key an earlier row of the run already had.
+
+    Validation itself happens when chunks are applied, in parallel; only ``skip`` and
+    ``fail`` need the first row of each key, so only they compute keys here (from the key
+    fields alone) and remember them as hashes to keep memory small.
+    """
 
     def __init__(self, definition: ImporterDefinition, columns: list[str]):
-        self.definition = definition
-        # JSON inputs discover keys as they go: `columns` is the reader's live list, and the
-        # header plan is redone when it grows.
-        self.columns = columns
-        self.planned = len(columns)
-        self.validator = RowValidator(definition, plan_columns(definition, columns))
-        # skip/fail decide on the first row of a key; `update` lets later rows win at write
-        # time, so only the former need to remember keys (hashes keep memory small).
-        self.track = definition.on_duplicate in ("skip", "fail") and definition.action != "append"
+        plan = plan_columns(definition, columns)  # a missing key column fails the run now
+        self.key_validator: RowValidator | None = None
+        if definition.on_duplicate in ("skip", "fail") and definition.action != "append":
+            key_fields = {name: definition.fields[name] for name in definition.key}
+            self.key_validator = RowValidator(
+                definition.model_copy(update={"fields": key_fields}), plan
+            )
         self.seen: set[int] = set()
 
-    def row(
-        self, row_number: int, original: dict[str, Any], read_error: str | None
-    ) -> chunks.ChunkRow:
-        if read_error is not None:
-            return chunks.ChunkRow(row_number, original, None, None, {"message": read_error})
-        if len(self.columns) != self.planned:
-            self.planned = len(self.columns)
-            self.validator = RowValidator(
-                self.definition, plan_columns(self.definition, self.columns)
-            )
-        result = self.validator.validate(original)
-        if result.errors:
-            errors = {"message": INVALID, "validation": result.errors}
-            return chunks.ChunkRow(row_number, original, None, None, errors)
+    def row(self, row_number: int, original: dict[str, Any], error: str | None) -> chunks.RawRow:
         duplicate = False
-        if self.track and result.key is not None:
-            digest = hash(result.key)
-            duplicate = digest in self.seen
-            self.seen.add(digest)
-        return chunks.ChunkRow(row_number, original, result.data, result.key, None, duplicate)
+        if self.key_validator is not None and error is None:
+            key = self.key_validator.validate(original).key
+            if key is not None:
+                digest = hash(key)
+                duplicate = digest in self.seen
+                self.seen.add(digest)
+        return (row_number, original, error, duplicate)
 
 
 def _file_rows(path: Path, fmt: str, filename: str, sheet: str | None) -> Iterator[Any]:
@@ -80,7 +71,7 @@ def _file_rows(path: Path, fmt: str, filename: str, sheet: str | None) -> Iterat
 
 async def _parent_failed_rows(
     factory: async_sessionmaker[AsyncSession], parent_id: int
-) -> AsyncIterator[RawRow]:
+) -> AsyncIterator[InputRow]:
     """The failed rows of the parent run, in row order, read in keyset pages."""
     after = 0
     while True:
@@ -163,7 +154,7 @@ async def split_run(
             await lifecycle.fail_run(session, run_id, "The run's input file is missing.")
 
 
-async def _aiter(rows: Iterator[Any]) -> AsyncIterator[RawRow]:
+async def _aiter(rows: Iterator[Any]) -> AsyncIterator[InputRow]:
     for item in rows:
         yield item
 
@@ -175,12 +166,12 @@ async def _split(
     run_id: int,
     definition: ImporterDefinition,
     columns: list[str],
-    rows: AsyncIterator[RawRow],
+    rows: AsyncIterator[InputRow],
     resume_from: int,
 ) -> None:
     splitter = Splitter(definition, columns)
     size = definition.chunk_size
-    batch: list[chunks.ChunkRow] = []
+    batch: list[chunks.RawRow] = []
     index = 0
     total = 0
     cancelled = False
@@ -198,7 +189,7 @@ async def _split(
                     "INSERT INTO run_chunks (run_id, index, status, first_row, row_count, attempts)"
                     " VALUES (:run, :index, 'pending', :first, :count, 0) ON CONFLICT DO NOTHING"
                 ),
-                {"run": run_id, "index": this, "first": batch[0].row_number, "count": len(batch)},
+                {"run": run_id, "index": this, "first": batch[0][0], "count": len(batch)},
             )
             flag = await session.scalar(
                 text(

@@ -8,6 +8,7 @@ ON CONFLICT`` statement, the row log by binary ``COPY``. No per-row round trips.
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.core.db import json_dumps, raw_connection, unit_of_work
 from app.importers.schemas import ImporterDefinition
 from app.pipeline import lifecycle
-from app.pipeline.chunks import ChunkRow, payload_path, read_payload, remove_run_payloads
+from app.pipeline.chunks import (
+    ChunkRow,
+    RawRow,
+    payload_path,
+    read_payload,
+    remove_run_payloads,
+)
+from app.pipeline.mapping import plan_columns
+from app.pipeline.validation import RowValidator
 
 UPSERT_RECORDS = """
 INSERT INTO records AS r (collection, key, data, content_hash, source_id, last_run_id,
@@ -222,7 +231,7 @@ async def _apply_pending(
 ) -> bool:
     """Apply a locked, pending chunk; True when this finished the run."""
     run = await conn.fetchrow(
-        "SELECT r.status, r.cancel_requested, r.dry_run, "
+        "SELECT r.status, r.cancel_requested, r.dry_run, r.columns, "
         "coalesce(r.source_id, i.source_id) AS source_id, i.definition, "
         "s.approval_mode FROM runs r JOIN importers i ON i.id = r.importer_id "
         "LEFT JOIN sources s ON s.id = coalesce(r.source_id, i.source_id) WHERE r.id = $1",
@@ -233,7 +242,36 @@ async def _apply_pending(
         await _close_chunk(conn, run_id, index, "cancelled")
         await _count(conn, run_id, Plan())
         return await lifecycle.maybe_finalize(session, run_id, definition)
-    return await _apply(session, conn, read_payload(path), definition, run_id, index, run)
+    rows = validate_rows(definition, run_id, run["columns"] or [], read_payload(path))
+    return await _apply(session, conn, rows, definition, run_id, index, run)
+
+
+INVALID = "The given data was invalid."
+
+
+@lru_cache(maxsize=32)
+def _validator(run_id: int, columns: tuple[str, ...], definition_json: str) -> RowValidator:
+    # Compiled once per run and header (JSON headers grow), not once per chunk.
+    definition = ImporterDefinition.model_validate_json(definition_json)
+    return RowValidator(definition, plan_columns(definition, list(columns)))
+
+
+def validate_rows(
+    definition: ImporterDefinition, run_id: int, columns: list[str], raws: list[RawRow]
+) -> list[ChunkRow]:
+    validator = _validator(run_id, tuple(columns), definition.model_dump_json(by_alias=True))
+    rows = []
+    for number, original, error, duplicate in raws:
+        if error is not None:
+            rows.append(ChunkRow(number, original, None, None, {"message": error}))
+            continue
+        result = validator.validate(original)
+        if result.errors:
+            errors = {"message": INVALID, "validation": result.errors}
+            rows.append(ChunkRow(number, original, None, None, errors))
+        else:
+            rows.append(ChunkRow(number, original, result.data, result.key, None, duplicate))
+    return rows
 
 
 async def _apply(
@@ -352,11 +390,9 @@ async def fail_chunk(
         except (OSError, ValueError):
             rows = []  # the payload itself is lost: count its rows failed, log none
             plan.failed = chunk["row_count"]
-        for row in rows:
+        for number, original, _, _ in rows:
             plan.failed += 1
-            plan.log.append(
-                (run_id, row.row_number, "failed", None, row.key, _json(row.original), errors)
-            )
+            plan.log.append((run_id, number, "failed", None, None, _json(original), errors))
         if plan.log:
             await conn.copy_records_to_table("run_rows", records=plan.log, columns=ROW_LOG_COLUMNS)
         await _close_chunk(conn, run_id, index, "failed")
