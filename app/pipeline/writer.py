@@ -8,7 +8,7 @@ ON CONFLICT`` statement, the row log by binary ``COPY``. No per-row round trips.
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -207,10 +207,28 @@ async def upsert_records(
     )
 
 
+RUN_CONTEXT = (
+    "SELECT r.status, r.cancel_requested, r.dry_run, r.columns, "
+    "coalesce(r.source_id, i.source_id) AS source_id, i.id AS importer_id, i.updated_at, "
+    "i.definition, s.approval_mode FROM runs r JOIN importers i ON i.id = r.importer_id "
+    "LEFT JOIN sources s ON s.id = coalesce(r.source_id, i.source_id) WHERE r.id = $1"
+)
+
+
 async def apply_chunk(
     factory: async_sessionmaker[AsyncSession], storage_dir: Path, run_id: int, index: int
 ) -> None:
     path = payload_path(storage_dir, run_id, index)
+    # Read and validate before the chunk transaction, so that it holds its locks only for the
+    # database work. A re-delivered chunk wastes this work and changes nothing.
+    async with factory() as session:
+        context = await (await raw_connection(session)).fetchrow(RUN_CONTEXT, run_id)
+    if context is None:
+        return
+    rows = None
+    if context["status"] == "processing" and not context["cancel_requested"] and path.exists():
+        rows = validate_rows(_definition(context), run_id, context["columns"], read_payload(path))
+
     async with unit_of_work(factory) as session:
         conn = await raw_connection(session)
         status = await conn.fetchval(
@@ -219,7 +237,9 @@ async def apply_chunk(
             index,
         )
         # Already applied (or dropped): a re-delivery changes nothing.
-        finished = status == "pending" and await _apply_pending(session, conn, path, run_id, index)
+        finished = status == "pending" and await _apply_pending(
+            session, conn, path, run_id, index, rows
+        )
     # Committed: the payload is no longer needed.
     path.unlink(missing_ok=True)
     if finished:
@@ -227,39 +247,57 @@ async def apply_chunk(
 
 
 async def _apply_pending(
-    session: AsyncSession, conn: asyncpg.Connection, path: Path, run_id: int, index: int
+    session: AsyncSession,
+    conn: asyncpg.Connection,
+    path: Path,
+    run_id: int,
+    index: int,
+    rows: list[ChunkRow] | None,
 ) -> bool:
     """Apply a locked, pending chunk; True when this finished the run."""
-    run = await conn.fetchrow(
-        "SELECT r.status, r.cancel_requested, r.dry_run, r.columns, "
-        "coalesce(r.source_id, i.source_id) AS source_id, i.definition, "
-        "s.approval_mode FROM runs r JOIN importers i ON i.id = r.importer_id "
-        "LEFT JOIN sources s ON s.id = coalesce(r.source_id, i.source_id) WHERE r.id = $1",
-        run_id,
-    )
-    definition = ImporterDefinition.model_validate(run["definition"])
+    run = await conn.fetchrow(RUN_CONTEXT, run_id)  # the run's state as of the lock
+    definition = _definition(run)
     if run["status"] != "processing" or run["cancel_requested"]:
         await _close_chunk(conn, run_id, index, "cancelled")
         await _count(conn, run_id, Plan())
         return await lifecycle.maybe_finalize(session, run_id, definition)
-    rows = validate_rows(definition, run_id, run["columns"] or [], read_payload(path))
+    if rows is None:
+        rows = validate_rows(definition, run_id, run["columns"], read_payload(path))
     return await _apply(session, conn, rows, definition, run_id, index, run)
 
 
 INVALID = "The given data was invalid."
 
+# Parsed definitions and compiled validators, reused across a run's chunks: both are
+# per-chunk fixed costs otherwise. Keys change when the importer is edited.
+_definitions: dict[tuple[int, datetime], ImporterDefinition] = {}
+_validators: dict[tuple[int, tuple[str, ...]], tuple[ImporterDefinition, RowValidator]] = {}
+_CACHE_SIZE = 64
 
-@lru_cache(maxsize=32)
-def _validator(run_id: int, columns: tuple[str, ...], definition_json: str) -> RowValidator:
-    # Compiled once per run and header (JSON headers grow), not once per chunk.
-    definition = ImporterDefinition.model_validate_json(definition_json)
-    return RowValidator(definition, plan_columns(definition, list(columns)))
+
+def _definition(context: asyncpg.Record) -> ImporterDefinition:
+    key = (context["importer_id"], context["updated_at"])
+    definition = _definitions.get(key)
+    if definition is None:
+        if len(_definitions) >= _CACHE_SIZE:
+            _definitions.clear()
+        definition = _definitions[key] = ImporterDefinition.model_validate(context["definition"])
+    return definition
 
 
 def validate_rows(
-    definition: ImporterDefinition, run_id: int, columns: list[str], raws: list[RawRow]
+    definition: ImporterDefinition, run_id: int, columns: list[str] | None, raws: list[RawRow]
 ) -> list[ChunkRow]:
-    validator = _validator(run_id, tuple(columns), definition.model_dump_json(by_alias=True))
+    # JSON headers grow during a run: the header is part of the key.
+    key = (run_id, tuple(columns or ()))
+    cached = _validators.get(key)
+    if cached is not None and cached[0] is definition:
+        validator = cached[1]
+    else:
+        if len(_validators) >= _CACHE_SIZE:
+            _validators.clear()
+        validator = RowValidator(definition, plan_columns(definition, list(columns or ())))
+        _validators[key] = (definition, validator)
     rows = []
     for number, original, error, duplicate in raws:
         if error is not None:

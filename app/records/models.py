@@ -10,9 +10,7 @@ from app.core.db import Base
 
 class Record(Base):
     __tablename__ = "records"
-    __table_args__ = (
-        Index("uq_records_collection_key", "collection", "key", unique=True),
-    )
+    __table_args__ = (Index("uq_records_collection_key", "collection", "key", unique=True),)
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     collection: Mapped[str] = mapped_column(String(100))

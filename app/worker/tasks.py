@@ -99,7 +99,15 @@ async def apply_chunk(ctx: dict[str, Any], run_id: int, index: int) -> None:
         if attempts < MAX_CHUNK_ATTEMPTS:
             raise Retry(defer=attempts * 2) from exc
         reason = f"{type(exc).__name__}: {exc}"
-        await writer.fail_chunk(factory, ctx["settings"].storage_dir, run_id, index, reason)
+        try:
+            await writer.fail_chunk(factory, ctx["settings"].storage_dir, run_id, index, reason)
+        except Exception:
+            # Even failing the chunk's rows failed: end the run rather than retry forever.
+            log.exception("failing chunk %s of run %s failed", index, run_id)
+            async with unit_of_work(factory) as session:
+                await lifecycle.fail_run(
+                    session, run_id, f"Chunk {index} could not be applied: {reason}"
+                )
 
 
 async def schedule_tick(ctx: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from typing import Any
 
+import pytest
 from arq import ArqRedis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -203,3 +204,32 @@ async def test_a_worker_killed_mid_run_loses_no_row_and_doubles_no_count(
             text("SELECT count(*) FROM run_rows WHERE run_id = :id"), {"id": run_id}
         )
     assert count == total and logged == total
+
+
+async def test_a_chunk_that_keeps_failing_fails_its_rows_and_the_run_ends(
+    create_importer: CreateImporter,
+    upload: Upload,
+    settings: Settings,
+    queue: ArqRedis,
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    from arq import Retry
+
+    from app.pipeline.chunks import payload_path
+    from app.worker.tasks import MAX_CHUNK_ATTEMPTS, apply_chunk
+
+    await create_importer(key=["email"], fields=USER_FIELDS, chunk_size=10)
+    run_id = (await upload("users", users_csv(15))).json()["data"]["id"]
+    await split_only(settings, queue, session_factory, run_id)
+    payload_path(settings.storage_dir, run_id, 1).write_bytes(b"not json")
+    ctx = {"session_factory": session_factory, "settings": settings, "queue": queue}
+    await apply_chunk(ctx, run_id, 0)
+    for _ in range(MAX_CHUNK_ATTEMPTS - 1):
+        with pytest.raises(Retry):
+            await apply_chunk(ctx, run_id, 1)
+    await apply_chunk(ctx, run_id, 1)  # the last attempt gives up on the chunk
+
+    run = await run_of(session_factory, run_id)
+    assert run["status"] == "completed_with_errors"
+    assert run["progress"]["successful"] == 10 and run["progress"]["failed"] == 5
+    assert len(await records(session_factory, "users")) == 10
