@@ -16,6 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.auth import service as auth_service
 from app.core.db import unit_of_work
 from app.importers import service as importers_service
+from app.items.models import Item
+from app.runs import service as runs_service
+from app.runs.models import RunRow
 from tests.auth.conftest import MakeSource
 from tests.auth.helpers import bearer
 from tests.conftest import MakeToken
@@ -42,6 +45,40 @@ async def importer_of(session: AsyncSession, source_id: int) -> dict[str, Any]:
     )
     importer = await importers_service.create(session, definition)
     return {"slug": importer.slug}
+
+
+async def run_of(session: AsyncSession, source_id: int) -> dict[str, Any]:
+    """A finished run of source B's importer, with one failed row."""
+    definition = importers_service.parse_definition(
+        importer_definition(f"runs-of-{source_id}", source_id)
+    )
+    importer = await importers_service.create(session, definition)
+    run = await runs_service.create_run(
+        session, importer, kind="upload", source_id=source_id, columns=["email"]
+    )
+    run.status, run.total, run.processed, run.failed = "completed_with_errors", 1, 1, 1
+    session.add(
+        RunRow(
+            run_id=run.id,
+            row_number=1,
+            status="failed",
+            data={"email": "nope"},
+            errors={"message": "The given data was invalid."},
+        )
+    )
+    await session.flush()
+    return {"run": run.id}
+
+
+async def item_of(session: AsyncSession, source_id: int) -> dict[str, Any]:
+    item = Item(type="event", status="pending", source_id=source_id, collection="events", data={})
+    session.add(item)
+    await session.flush()
+    return {"item_id": item.id}
+
+
+async def source_of(session: AsyncSession, source_id: int) -> dict[str, Any]:
+    return {"source_id": source_id}
 
 
 async def token_of(session: AsyncSession, source_id: int) -> dict[str, Any]:
@@ -80,6 +117,26 @@ CASES = [
     ),
     BolaCase("DELETE", "/importers/{slug}", importer_of),
     BolaCase("DELETE", "/tokens/{token_id}", token_of),
+    BolaCase("GET", "/{run}", run_of),
+    BolaCase("GET", "/{run}/rows", run_of),
+    BolaCase("GET", "/{run}/errors/summary", run_of),
+    BolaCase("GET", "/{run}/failed-rows/download", run_of),
+    BolaCase("POST", "/{run}/cancel", run_of),
+    BolaCase("POST", "/{run}/retry", run_of),
+    BolaCase("GET", "/items/{item_id}", item_of),
+    BolaCase("POST", "/items/{item_id}/approve", item_of),
+    BolaCase("POST", "/items/{item_id}/reject", item_of),
+    BolaCase("POST", "/items/{item_id}/request-changes", item_of, json={"note": "fix it"}),
+    BolaCase("POST", "/items/{item_id}/retarget", item_of, json={"type": "place"}),
+    BolaCase("POST", "/items/{item_id}/promote", item_of),
+    BolaCase("GET", "/sources/{source_id}", source_of),
+    BolaCase("PUT", "/sources/{source_id}", source_of, json={"name": "hijacked"}),
+    BolaCase("DELETE", "/sources/{source_id}", source_of),
+    BolaCase("POST", "/sources/{source_id}/pause", source_of),
+    BolaCase("POST", "/sources/{source_id}/resume", source_of),
+    BolaCase("POST", "/sources/{source_id}/sync", source_of),
+    BolaCase("POST", "/sources/{source_id}/import", source_of),
+    BolaCase("POST", "/sources/{source_id}/tokens", source_of, json={"name": "n8n"}),
 ]
 
 
