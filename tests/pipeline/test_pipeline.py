@@ -9,19 +9,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.runs.models import Run
 from app.runs.service import to_resource
 from tests.conftest import CreateImporter, RunWorker, Upload
+from tests.factories import USER_FIELDS
 
 API = "/api/v1/ingest"
 
-USER_FIELDS: dict[str, Any] = {
-    "email": {
-        "from": ["Email", "E-mail"],
-        "type": "email",
-        "required": True,
-        "transform": ["trim", "lower"],
-    },
-    "name": {"from": "Name", "type": "string", "required": True, "min_length": 2},
-    "age": {"from": "Age", "type": "integer", "min": 0, "max": 150, "null_if": ["", "NA"]},
-}
 
 USERS_CSV = (
     "Email,Name,Age\nada@example.com,Ada,36\nalan@example.com,Alan,41\ngrace@example.com,Grace,85\n"

@@ -20,19 +20,10 @@ from app.importers.models import Importer
 from app.runs.models import Run
 from app.sources.models import Source
 from tests.conftest import CreateImporter, RunWorker, Upload
+from tests.factories import USER_FIELDS
 
 API = "/api/v1/ingest"
 
-USER_FIELDS: dict[str, Any] = {
-    "email": {
-        "from": ["Email", "E-mail"],
-        "type": "email",
-        "required": True,
-        "transform": ["trim", "lower"],
-    },
-    "name": {"from": "Name", "type": "string", "required": True, "min_length": 2},
-    "age": {"from": "Age", "type": "integer", "min": 0, "max": 150, "null_if": ["", "NA"]},
-}
 
 # Known defects (on_duplicate: fail): rows 2 and 3 miss the email, rows 5-7 repeat row 4's
 # key, row 8 has a short name and a non-integer age, row 9 an age over the max.
