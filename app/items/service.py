@@ -6,7 +6,6 @@ no row and gets 409. ``updated_at`` makes it a version, so a retarget (which kee
 and a re-push of the item's content (which bumps it) race the same way.
 """
 
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, func, insert, select, update
@@ -17,6 +16,7 @@ from app.auth.dependencies import Principal
 from app.auth.models import User
 from app.core.db import json_dumps, raw_connection
 from app.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from app.core.timefmt import iso
 from app.importers.models import Importer
 from app.importers.schemas import ImporterDefinition
 from app.items import hooks
@@ -37,10 +37,6 @@ TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "promote": (("approved",), "merged"),
 }
 SORTABLE = {"id": Item.id, "created_at": Item.created_at, "updated_at": Item.updated_at}
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if value else None
 
 
 def _invalid(field: str, message: str) -> ValidationFailed:
@@ -173,7 +169,7 @@ async def history(session: AsyncSession, item_id: int) -> list[dict[str, Any]]:
                 "token_id": event.actor_token_id,
                 "email": email,
             },
-            "created_at": _iso(event.created_at),
+            "created_at": iso(event.created_at),
         }
         for event, email in rows
     ]
@@ -199,8 +195,8 @@ def to_resource(item: Item, events: list[dict[str, Any]] | None = None) -> dict[
         "has_duplicates": bool(item.duplicates),
         "record_id": item.record_id,
         "note": item.note,
-        "created_at": _iso(item.created_at),
-        "updated_at": _iso(item.updated_at),
+        "created_at": iso(item.created_at),
+        "updated_at": iso(item.updated_at),
     }
     if events is not None:
         resource["events"] = events

@@ -74,7 +74,7 @@ class Plan:
     touched: list[str] = field(default_factory=list)
     staged: list[ChunkRow] = field(default_factory=list)
     log: list[tuple[Any, ...]] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=lambda: lifecycle.empty_summary())
+    counts: dict[str, int] = field(default_factory=lifecycle.empty_summary)
     successful: int = 0
     failed: int = 0
     skipped: int = 0

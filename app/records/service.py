@@ -4,11 +4,8 @@ from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import NotFound
+from app.core.timefmt import iso
 from app.records.models import Record
-
-
-def _iso(value: Any) -> str | None:
-    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if value else None
 
 
 def list_query(
@@ -42,6 +39,6 @@ def to_resource(record: Record) -> dict[str, Any]:
         "content_hash": record.content_hash,
         "source_id": record.source_id,
         "last_run_id": record.last_run_id,
-        "created_at": _iso(record.created_at),
-        "updated_at": _iso(record.updated_at),
+        "created_at": iso(record.created_at),
+        "updated_at": iso(record.updated_at),
     }

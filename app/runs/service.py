@@ -5,7 +5,7 @@ import csv
 import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Select, delete, exists, func, or_, select, text, update
@@ -13,16 +13,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.db import json_dumps
 from app.core.errors import BadRequest, Conflict, NotFound
+from app.core.timefmt import iso
+from app.importers import service as importers_service
 from app.importers.models import Importer
 from app.importers.schemas import ImporterDefinition
 from app.pipeline.lifecycle import empty_summary
 from app.pipeline.mapping import MissingColumns, plan_columns
 from app.runs.models import FINISHED_STATUSES, Run, RunChunk, RunRow
-
-
-def _iso(value: datetime | None) -> str | None:
-    # SPEC's shape: 2023-10-27T10:00:00.000000Z
-    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if value else None
 
 
 async def create_run(
@@ -83,23 +80,16 @@ def to_resource(run: Run, rows: list[dict[str, Any]] | None = None) -> dict[str,
             "failed": run.failed,
             "skipped": run.skipped,
         },
-        "summary": run.summary if run.status in _FINISHED else None,
+        "summary": run.summary if run.status in FINISHED_STATUSES else None,
         "error_message": run.error_message,
         "cancel_requested": run.cancel_requested,
-        "started_at": _iso(run.started_at),
-        "completed_at": _iso(run.completed_at),
-        "created_at": _iso(run.created_at),
+        "started_at": iso(run.started_at),
+        "completed_at": iso(run.completed_at),
+        "created_at": iso(run.created_at),
     }
     if rows is not None:
         resource["rows"] = rows
     return resource
-
-
-def definition_of(importer: Importer) -> ImporterDefinition:
-    return ImporterDefinition.model_validate(importer.definition)
-
-
-_FINISHED = ("completed", "completed_with_errors", "failed", "cancelled")
 
 
 # --- Operator surface: list, show, rows, cancel, retry, error summary, failed rows ---------
@@ -348,7 +338,9 @@ async def failed_rows_export(session: AsyncSession, run: Run) -> FailedRowsExpor
     )
     header = [*columns, *extra.all()]
     importer = await session.get(Importer, run.importer_id)
-    fields = _fields_by_column(definition_of(importer), header) if importer else []
+    fields = (
+        _fields_by_column(importers_service.definition_of(importer), header) if importer else []
+    )
     return FailedRowsExport(run.id, [*header, *EXPORT_COLUMNS], fields)
 
 

@@ -5,7 +5,7 @@ after its runs have all finished records how they ended (``active`` or ``error``
 conditional UPDATE. The pipeline needs no knowledge of sources for that.
 """
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Select, func, select, text
@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth import service as auth_service
 from app.auth.models import User
 from app.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from app.core.timefmt import iso
 from app.importers.models import Importer
 from app.runs import service as runs_service
 from app.runs.models import Run
@@ -40,10 +41,6 @@ _UNIQUE_MESSAGES = {
 
 # What PUT may set to null; every other field keeps a value.
 _NULLABLE = frozenset({"provider", "external_source_id"})
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if value else None
 
 
 def _invalid(errors: dict[str, list[str]]) -> ValidationFailed:
@@ -279,7 +276,7 @@ async def start_sync(
         raise Conflict(f"Source {source.id} is paused: resume it before starting a {label}.")
     if source.status == "syncing":
         raise Conflict(
-            f"Source {source.id} is already syncing (since {_iso(source.last_sync_started_at)})."
+            f"Source {source.id} is already syncing (since {iso(source.last_sync_started_at)})."
         )
     importers = await url_importers(session, source.id)
     if not importers:
@@ -352,9 +349,9 @@ def to_resource(source: Source) -> dict[str, Any]:
         "is_active": source.is_active,
         "approval_mode": source.approval_mode,
         "status": source.status,
-        "last_sync_started_at": _iso(source.last_sync_started_at),
-        "last_sync_finished_at": _iso(source.last_sync_finished_at),
+        "last_sync_started_at": iso(source.last_sync_started_at),
+        "last_sync_finished_at": iso(source.last_sync_finished_at),
         "last_sync_message": source.last_sync_message,
-        "created_at": _iso(source.created_at),
-        "updated_at": _iso(source.updated_at),
+        "created_at": iso(source.created_at),
+        "updated_at": iso(source.updated_at),
     }

@@ -60,8 +60,8 @@ def create_worker(settings: Settings, *, burst: bool = False, **overrides: Any) 
         "poll_delay": 0.1,
         "job_serializer": serialize,
         "job_deserializer": deserialize,
-        # A job raising an exception is not retried by arq: our tasks handle their own
-        # failures in Postgres, and the reconciler re-enqueues what is unfinished.
+        # Only jobs that raise arq's Retry run again (chunk and split jobs do, a few times,
+        # before failing their rows or run in Postgres); the reconciler re-enqueues the rest.
         "retry_jobs": True,
         "max_tries": 5,
         "handle_signals": not burst,
