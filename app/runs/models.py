@@ -1,8 +1,8 @@
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import BigInteger, ForeignKey, Index, Sequence, String, Text, text
+from sqlalchemy.dialects.postgresql import JSON, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.db import Base, TimestampMixin
@@ -80,7 +80,6 @@ class RunChunk(Base):
 class RunRow(Base):
     __tablename__ = "run_rows"
     __table_args__ = (
-        Index("uq_run_rows_run_id_row_number", "run_id", "row_number", unique=True),
         # Successes are most rows and are never looked up by status.
         Index(
             "ix_run_rows_run_id_status",
@@ -91,16 +90,20 @@ class RunRow(Base):
         ),
     )
 
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    # Generated, unindexed: rows are found by (run_id, row_number), the primary key.
+    id: Mapped[int] = mapped_column(
+        BigInteger, Sequence("run_rows_id_seq"), server_default=text("nextval('run_rows_id_seq')")
+    )
     # No foreign key: checking it per COPYed row halved the row log's write speed.
     # Runs are deleted with their importer or by `ingest prune`, which delete these rows.
-    run_id: Mapped[int]
-    row_number: Mapped[int]
+    run_id: Mapped[int] = mapped_column(primary_key=True)
+    row_number: Mapped[int] = mapped_column(primary_key=True)
     status: Mapped[str] = mapped_column(String(10))  # success | failed | skipped
     outcome: Mapped[str | None] = mapped_column(String(10))
     record_key: Mapped[str | None] = mapped_column(Text)
-    data: Mapped[dict[str, Any]] = mapped_column(JSONB)
-    errors: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # json, not jsonb: stored as sent (cheaper per row, and in the input's column order).
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    errors: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class IdempotencyKey(Base):

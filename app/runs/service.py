@@ -220,7 +220,7 @@ async def cancel_run(session: AsyncSession, run: Run) -> str:
 
 async def has_failed_rows(session: AsyncSession, run_id: int) -> bool:
     found = await session.scalar(
-        select(RunRow.id).where(RunRow.run_id == run_id, RunRow.status == "failed").limit(1)
+        select(RunRow.row_number).where(RunRow.run_id == run_id, RunRow.status == "failed").limit(1)
     )
     return found is not None
 
@@ -289,9 +289,9 @@ async def error_summary(session: AsyncSession, run_id: int) -> dict[str, Any]:
     validation = await session.execute(
         text(
             "SELECT f.key || ': ' || m.message AS message, count(*) AS count "
-            "FROM run_rows r "
-            "CROSS JOIN LATERAL jsonb_each(CASE WHEN jsonb_typeof(r.errors -> 'validation') "
-            "  = 'object' THEN r.errors -> 'validation' ELSE '{}'::jsonb END) AS f "
+            "FROM run_rows r CROSS JOIN LATERAL (SELECT CAST(r.errors AS jsonb) AS e) AS x "
+            "CROSS JOIN LATERAL jsonb_each(CASE WHEN jsonb_typeof(x.e -> 'validation') "
+            "  = 'object' THEN x.e -> 'validation' ELSE '{}'::jsonb END) AS f "
             "CROSS JOIN LATERAL jsonb_array_elements_text(CASE WHEN jsonb_typeof(f.value) "
             "  = 'array' THEN f.value ELSE jsonb_build_array(f.value) END) AS m(message) "
             "WHERE r.run_id = :id AND r.status = 'failed' "
@@ -329,8 +329,8 @@ async def failed_rows_export(session: AsyncSession, run: Run) -> FailedRowsExpor
     # is bounded by the number of distinct keys, not of rows.
     extra = await session.scalars(
         text(
-            "SELECT k.key FROM run_rows r CROSS JOIN LATERAL jsonb_object_keys(r.data) AS k(key) "
-            "WHERE r.run_id = :id AND r.status = 'failed' AND jsonb_typeof(r.data) = 'object' "
+            "SELECT k.key FROM run_rows r CROSS JOIN LATERAL json_object_keys(r.data) AS k(key) "
+            "WHERE r.run_id = :id AND r.status = 'failed' AND json_typeof(r.data) = 'object' "
             "AND NOT (k.key = ANY(CAST(:known AS text[]))) "
             "GROUP BY k.key ORDER BY min(r.row_number), k.key"
         ),
