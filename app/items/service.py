@@ -318,7 +318,7 @@ async def _promote(session: AsyncSession, item: Item) -> None:
         item.collection,
         item.source_id,
         item.run_id,
-        {key: (json_dumps(item.data), digest, item.row_number or 0)},
+        {key: (json_dumps(item.data), digest, item.row_number or 0, None)},
     )
     record = await conn.fetchrow(
         "SELECT id, content_hash, last_run_id, last_row_number FROM records "

@@ -29,6 +29,10 @@ class ChunkRow:
     errors: dict[str, Any] | None  # {"message": ..., "validation": {...}}
     # An earlier row of the same run had this key (on_duplicate decides what happens).
     duplicate: bool = False
+    # The hash of the row's mapped cells under its importer definition (see prepare.py).
+    input_hash: str | None = None
+    # Known unchanged by its input hash, so not validated: `data` is None, `key` is set.
+    unchanged: bool = False
 
 
 def encode(rows: list[RawRow]) -> bytes:

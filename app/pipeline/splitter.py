@@ -1,8 +1,11 @@
-"""Split a run's input into chunks: read, map and validate rows, store each chunk's payload.
+"""Split a run's input into chunks: check the header, count rows, store each chunk.
 
-The splitter is the only sequential step of a run. It streams the input once, so memory stays
-flat; each chunk is committed (with the run's progress) before its apply job is enqueued. If
-the worker dies, the job runs again and resumes after the last committed chunk.
+The splitter is the only sequential step of a run, so it does as little per row as it can.
+A CSV chunk is a byte range of the file, found with `csv.reader` alone and parsed again by the
+chunk job; other inputs (XLSX, JSON, retries, and CSV whose duplicate keys must be marked
+here) are read into rows and stored as payload files. It streams the input once, so memory
+stays flat; each chunk is committed (with the run's progress) before its apply job is
+enqueued. If the worker dies, the job runs again and resumes after the last committed chunk.
 """
 
 import logging
@@ -23,6 +26,7 @@ from app.importers.schemas import ImporterDefinition
 from app.pipeline import chunks, lifecycle
 from app.pipeline.mapping import MissingColumns, plan_columns
 from app.pipeline.readers import ReadError, open_table
+from app.pipeline.readers.csv_reader import CsvTable
 from app.pipeline.validation import RowValidator
 from app.runs.models import FINISHED_STATUSES, Run
 
@@ -60,13 +64,9 @@ class Splitter:
         return (row_number, original, error, duplicate)
 
 
-def _file_rows(path: Path, fmt: str, filename: str, sheet: str | None) -> Iterator[Any]:
-    """Yields the table first (its ``columns`` list grows for JSON), then (row_number, data,
-    error) per row."""
-    with open_table(path, fmt, filename=filename, sheet=sheet) as table:
-        yield table
-        for number, (data, error) in enumerate(table.rows(), start=1):
-            yield number, data, error
+def _numbered(rows: Iterator[tuple[dict[str, Any], str | None]]) -> Iterator[InputRow]:
+    for number, (data, error) in enumerate(rows, start=1):
+        yield number, data, error
 
 
 async def _parent_failed_rows(
@@ -120,32 +120,27 @@ async def split_run(
     try:
         if kind == "retry":
             assert parent_id is not None and parent_columns is not None
-            await _split(
-                factory,
-                queue,
-                settings.storage_dir,
-                run_id,
-                definition,
-                parent_columns,
-                _parent_failed_rows(factory, parent_id),
-                resume_from,
-            )
+            store = _Store(factory, queue, settings.storage_dir, run_id, resume_from)
+            splitter = Splitter(definition, parent_columns)
+            rows = _parent_failed_rows(factory, parent_id)
+            await _split(store, definition, splitter, parent_columns, rows)
         else:
             if file_key is None:
                 raise ReadError("The run has no input file.")
             path = path_for(settings.storage_dir, file_key)
-            rows = _file_rows(path, definition.format, filename, definition.source.sheet)
-            table = next(rows)
-            await _split(
-                factory,
-                queue,
-                settings.storage_dir,
-                run_id,
-                definition,
-                table.columns,
-                _aiter(rows),
-                resume_from,
-            )
+            fmt, sheet = definition.format, definition.source.sheet
+            with open_table(path, fmt, filename=filename, sheet=sheet) as table:
+                store = _Store(factory, queue, settings.storage_dir, run_id, resume_from)
+                splitter = Splitter(definition, table.columns)
+                if (
+                    isinstance(table, CsvTable)
+                    and table.position is not None
+                    and splitter.key_validator is None
+                ):
+                    await _split_ranges(store, definition, table)
+                else:
+                    rows = _aiter(_numbered(table.rows()))
+                    await _split(store, definition, splitter, table.columns, rows)
     except (ReadError, MissingColumns) as exc:
         async with unit_of_work(factory) as session:
             await lifecycle.fail_run(session, run_id, str(exc))
@@ -159,37 +154,54 @@ async def _aiter(rows: Iterator[Any]) -> AsyncIterator[InputRow]:
         yield item
 
 
-async def _split(
-    factory: async_sessionmaker[AsyncSession],
-    queue: ArqRedis,
-    storage_dir: Path,
-    run_id: int,
-    definition: ImporterDefinition,
-    columns: list[str],
-    rows: AsyncIterator[InputRow],
-    resume_from: int,
-) -> None:
-    splitter = Splitter(definition, columns)
-    size = definition.chunk_size
-    batch: list[chunks.RawRow] = []
-    index = 0
-    total = 0
-    cancelled = False
+class _Store:
+    """Stores a run's chunks in order: each one's ledger row and the run's progress in one
+    transaction, then its apply job. Chunks an earlier attempt stored are passed over."""
 
-    async def flush() -> bool:
-        """Store one chunk (unless an earlier attempt did); True when the run was cancelled."""
-        nonlocal index
-        this, index = index, index + 1
-        if this < resume_from:
+    def __init__(
+        self,
+        factory: async_sessionmaker[AsyncSession],
+        queue: ArqRedis,
+        storage_dir: Path,
+        run_id: int,
+        resume_from: int,
+    ) -> None:
+        self.factory, self.queue, self.storage_dir = factory, queue, storage_dir
+        self.run_id, self.resume_from = run_id, resume_from
+        self.index = 0
+
+    async def chunk(
+        self,
+        first_row: int,
+        count: int,
+        total: int,
+        columns: list[str],
+        *,
+        rows: list[chunks.RawRow] | None = None,
+        span: tuple[int, int] | None = None,
+    ) -> bool:
+        """Store the next chunk: its rows, or its byte range. True when the run was cancelled."""
+        index, self.index = self.index, self.index + 1
+        if index < self.resume_from:
             return False
-        chunks.write_payload(chunks.payload_path(storage_dir, run_id, this), batch)
-        async with unit_of_work(factory) as session:
+        if rows is not None:
+            chunks.write_payload(chunks.payload_path(self.storage_dir, self.run_id, index), rows)
+        start, end = span or (None, None)
+        async with unit_of_work(self.factory) as session:
             await session.execute(
                 text(
-                    "INSERT INTO run_chunks (run_id, index, status, first_row, row_count, attempts)"
-                    " VALUES (:run, :index, 'pending', :first, :count, 0) ON CONFLICT DO NOTHING"
+                    "INSERT INTO run_chunks (run_id, index, status, first_row, row_count, "
+                    "attempts, byte_start, byte_end) VALUES (:run, :index, 'pending', :first, "
+                    ":count, 0, :start, :end) ON CONFLICT DO NOTHING"
                 ),
-                {"run": run_id, "index": this, "first": batch[0][0], "count": len(batch)},
+                {
+                    "run": self.run_id,
+                    "index": index,
+                    "first": first_row,
+                    "count": count,
+                    "start": start,
+                    "end": end,
+                },
             )
             flag = await session.scalar(
                 text(
@@ -198,33 +210,68 @@ async def _split(
                     "WHERE id = :id RETURNING cancel_requested"
                 ),
                 {
-                    "id": run_id,
-                    "written": this + 1,
+                    "id": self.run_id,
+                    "written": index + 1,
                     "total": total,
                     "columns": json_dumps(columns),
                 },
             )
-        await enqueue_quietly(enqueue_chunk, queue, run_id, this)
+        await enqueue_quietly(enqueue_chunk, self.queue, self.run_id, index)
         return bool(flag)
 
+    async def finish(self, definition: ImporterDefinition, total: int, columns: list[str]) -> None:
+        async with unit_of_work(self.factory) as session:
+            await session.execute(
+                text(
+                    "UPDATE runs SET chunks_total = chunks_written, total = :total, "
+                    "columns = CAST(:columns AS jsonb), updated_at = now() "
+                    "WHERE id = :id AND chunks_total IS NULL"
+                ),
+                {"id": self.run_id, "total": total, "columns": json_dumps(columns)},
+            )
+            await lifecycle.maybe_finalize(session, self.run_id, definition)
+
+
+async def _split(
+    store: _Store,
+    definition: ImporterDefinition,
+    splitter: Splitter,
+    columns: list[str],
+    rows: AsyncIterator[InputRow],
+) -> None:
+    """Rows into payload chunks. `columns` may grow while rows are read (JSON objects)."""
+    size = definition.chunk_size
+    batch: list[chunks.RawRow] = []
+    total = 0
+    cancelled = False
     async for number, data, error in rows:
         batch.append(splitter.row(number, data, error))
         total += 1
         if len(batch) >= size:
-            cancelled = await flush()
+            cancelled = await store.chunk(batch[0][0], len(batch), total, columns, rows=batch)
             batch = []
             if cancelled:
                 break
     if batch and not cancelled:
-        await flush()
+        await store.chunk(batch[0][0], len(batch), total, columns, rows=batch)
+    await store.finish(definition, total, columns)
 
-    async with unit_of_work(factory) as session:
-        await session.execute(
-            text(
-                "UPDATE runs SET chunks_total = chunks_written, total = :total, "
-                "columns = CAST(:columns AS jsonb), updated_at = now() "
-                "WHERE id = :id AND chunks_total IS NULL"
-            ),
-            {"id": run_id, "total": total, "columns": json_dumps(columns)},
-        )
-        await lifecycle.maybe_finalize(session, run_id, definition)
+
+async def _split_ranges(store: _Store, definition: ImporterDefinition, table: CsvTable) -> None:
+    """A CSV file into byte-range chunks."""
+    size, columns = definition.chunk_size, table.columns
+    start = table.position
+    assert start is not None
+    first, count, total, end = 1, 0, 0, start
+    cancelled = False
+    for end in table.row_ends():
+        count += 1
+        total += 1
+        if count >= size:
+            cancelled = await store.chunk(first, count, total, columns, span=(start, end))
+            first, count, start = first + count, 0, end
+            if cancelled:
+                break
+    if count and not cancelled:
+        await store.chunk(first, count, total, columns, span=(start, end))
+    await store.finish(definition, total, columns)

@@ -17,6 +17,7 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.db import json_dumps, raw_connection, unit_of_work
+from app.core.storage import path_for
 from app.importers.schemas import ImporterDefinition
 from app.pipeline import lifecycle
 from app.pipeline.chunks import (
@@ -26,16 +27,18 @@ from app.pipeline.chunks import (
     read_payload,
     remove_run_payloads,
 )
-from app.pipeline.mapping import plan_columns
-from app.pipeline.validation import RowValidator
+from app.pipeline.prepare import ChunkValidator, Known
+from app.pipeline.readers import ReadError
+from app.pipeline.readers.csv_reader import CsvSlice, open_csv, read_slice
 
 UPSERT_RECORDS = """
-INSERT INTO records AS r (collection, key, data, content_hash, source_id, last_run_id,
-                          last_row_number)
-SELECT $1, t.key, t.data, t.hash, $2, $3, t.row_number
-FROM unnest($4::text[], $5::jsonb[], $6::text[], $7::int[]) AS t(key, data, hash, row_number)
+INSERT INTO records AS r (collection, key, data, content_hash, input_hash, source_id,
+                          last_run_id, last_row_number)
+SELECT $1, t.key, t.data, t.hash, t.input_hash, $2, $3, t.row_number
+FROM unnest($4::text[], $5::jsonb[], $6::text[], $7::int[], $8::text[])
+    AS t(key, data, hash, row_number, input_hash)
 ON CONFLICT (collection, key) DO UPDATE
-SET data = EXCLUDED.data, content_hash = EXCLUDED.content_hash,
+SET data = EXCLUDED.data, content_hash = EXCLUDED.content_hash, input_hash = EXCLUDED.input_hash,
     source_id = coalesce(EXCLUDED.source_id, r.source_id),
     last_run_id = EXCLUDED.last_run_id, last_row_number = EXCLUDED.last_row_number,
     updated_at = now()
@@ -59,18 +62,15 @@ def content_hash(data: dict[str, Any]) -> str:
 
 _json = json_dumps
 
-
-@dataclass(slots=True)
-class Existing:
-    hash: str
-    compare: Any
+# key -> (data JSON, content hash, row number, input hash)
+Writes = dict[str, tuple[str, str, int, str | None]]
 
 
 @dataclass
 class Plan:
     """What a chunk does: records to write, keys to mark seen, the row log and the counts."""
 
-    writes: dict[str, tuple[str, str, int]] = field(default_factory=dict)  # key -> data, hash, row
+    writes: Writes = field(default_factory=dict)
     touched: list[str] = field(default_factory=list)
     staged: list[ChunkRow] = field(default_factory=list)
     log: list[tuple[Any, ...]] = field(default_factory=list)
@@ -94,7 +94,7 @@ def _is_newer(new: Any, old: Any) -> bool:
 def plan_chunk(
     rows: Sequence[ChunkRow],
     definition: ImporterDefinition,
-    existing: dict[str, Existing],
+    existing: dict[str, Known],
     *,
     run_id: int,
     stage: bool,
@@ -109,7 +109,12 @@ def plan_chunk(
 
     for row in rows:
         status, outcome, errors, key = "success", None, row.errors, row.key
-        if row.data is None:
+        if row.unchanged:
+            outcome = "unchanged"  # by its input hash (prepare.py)
+            if touch_unchanged:
+                assert key is not None
+                plan.touched.append(key)
+        elif row.data is None:
             status = "failed"
         else:
             blob, digest = canonical(row.data)
@@ -139,8 +144,10 @@ def plan_chunk(
                     outcome = "staged"
                     plan.staged.append(row)
                 else:
-                    plan.writes[key] = (blob.decode(), digest, row.row_number)
-                existing[key] = Existing(digest, row.data.get(compare) if compare else None)
+                    plan.writes[key] = (blob.decode(), digest, row.row_number, row.input_hash)
+                existing[key] = Known(
+                    digest, row.data.get(compare) if compare else None, row.input_hash
+                )
             elif touch_unchanged and status != "failed":
                 plan.touched.append(key)
 
@@ -169,18 +176,18 @@ def plan_chunk(
 
 async def fetch_existing(
     conn: asyncpg.Connection, definition: ImporterDefinition, keys: list[str]
-) -> dict[str, Existing]:
+) -> dict[str, Known]:
     if not keys:
         return {}
     compare = definition.compare_field
     rows = await conn.fetch(
-        "SELECT key, content_hash, data -> $3::text AS compare FROM records "
+        "SELECT key, content_hash, input_hash, data -> $3::text AS compare FROM records "
         "WHERE collection = $1 AND key = ANY($2::text[])",
         definition.collection,
         keys,
         compare or "",
     )
-    return {r["key"]: Existing(r["content_hash"], r["compare"]) for r in rows}
+    return {r["key"]: Known(r["content_hash"], r["compare"], r["input_hash"]) for r in rows}
 
 
 async def upsert_records(
@@ -188,9 +195,10 @@ async def upsert_records(
     collection: str,
     source_id: int | None,
     run_id: int | None,
-    writes: dict[str, tuple[str, str, int]],
+    writes: Writes,
 ) -> None:
-    """Write records (key -> (data JSON, content hash, row number)). Shared with promotion."""
+    """Write records (key -> (data JSON, content hash, row number, input hash)). Shared with
+    promotion."""
     if not writes:
         return
     keys = list(writes)
@@ -204,11 +212,12 @@ async def upsert_records(
         [v[0] for v in values],
         [v[1] for v in values],
         [v[2] for v in values],
+        [v[3] for v in values],
     )
 
 
 RUN_CONTEXT = (
-    "SELECT r.status, r.cancel_requested, r.dry_run, r.columns, "
+    "SELECT r.status, r.cancel_requested, r.dry_run, r.columns, r.file_key, "
     "coalesce(r.source_id, i.source_id) AS source_id, i.id AS importer_id, i.updated_at, "
     "i.definition, s.approval_mode FROM runs r JOIN importers i ON i.id = r.importer_id "
     "LEFT JOIN sources s ON s.id = coalesce(r.source_id, i.source_id) WHERE r.id = $1"
@@ -219,26 +228,19 @@ async def apply_chunk(
     factory: async_sessionmaker[AsyncSession], storage_dir: Path, run_id: int, index: int
 ) -> None:
     path = payload_path(storage_dir, run_id, index)
-    # Read and validate before the chunk transaction, so that it holds its locks only for the
-    # database work. A re-delivered chunk wastes this work and changes nothing.
-    async with factory() as session:
-        context = await (await raw_connection(session)).fetchrow(RUN_CONTEXT, run_id)
-    if context is None:
-        return
-    rows = None
-    if context["status"] == "processing" and not context["cancel_requested"] and path.exists():
-        rows = validate_rows(_definition(context), run_id, context["columns"], read_payload(path))
-
     async with unit_of_work(factory) as session:
         conn = await raw_connection(session)
-        status = await conn.fetchval(
-            "SELECT status FROM run_chunks WHERE run_id = $1 AND index = $2 FOR UPDATE",
+        chunk = await conn.fetchrow(
+            "SELECT status, first_row, row_count, byte_start, byte_end FROM run_chunks "
+            "WHERE run_id = $1 AND index = $2 FOR UPDATE",
             run_id,
             index,
         )
         # Already applied (or dropped): a re-delivery changes nothing.
-        finished = status == "pending" and await _apply_pending(
-            session, conn, path, run_id, index, rows
+        finished = (
+            chunk is not None
+            and chunk["status"] == "pending"
+            and await _apply_pending(session, conn, storage_dir, chunk, run_id, index)
         )
     # Committed: the payload is no longer needed.
     path.unlink(missing_ok=True)
@@ -249,10 +251,10 @@ async def apply_chunk(
 async def _apply_pending(
     session: AsyncSession,
     conn: asyncpg.Connection,
-    path: Path,
+    storage_dir: Path,
+    chunk: asyncpg.Record,
     run_id: int,
     index: int,
-    rows: list[ChunkRow] | None,
 ) -> bool:
     """Apply a locked, pending chunk; True when this finished the run."""
     run = await conn.fetchrow(RUN_CONTEXT, run_id)  # the run's state as of the lock
@@ -261,17 +263,30 @@ async def _apply_pending(
         await _close_chunk(conn, run_id, index, "cancelled")
         await _count(conn, run_id, Plan())
         return await lifecycle.maybe_finalize(session, run_id, definition)
-    if rows is None:
-        rows = validate_rows(definition, run_id, run["columns"], read_payload(path))
-    return await _apply(session, conn, rows, definition, run_id, index, run)
+    raws = read_chunk(storage_dir, run, chunk, run_id, index)
+    return await _apply(session, conn, raws, definition, run_id, index, run)
 
 
-INVALID = "The given data was invalid."
+def read_chunk(
+    storage_dir: Path, run: asyncpg.Record, chunk: asyncpg.Record, run_id: int, index: int
+) -> list[RawRow]:
+    """A chunk's raw rows: its byte range of the CSV input, parsed here, or its payload."""
+    if chunk["byte_start"] is None:
+        return read_payload(payload_path(storage_dir, run_id, index))
+    path = path_for(storage_dir, run["file_key"])
+    with open_csv(path) as table:  # the codec and delimiter, as the splitter found them
+        part = CsvSlice(table.codec, table.delimiter, chunk["byte_start"], chunk["byte_end"])
+    rows = enumerate(read_slice(path, run["columns"], part), start=chunk["first_row"])
+    raws: list[RawRow] = [(number, data, error, False) for number, (data, error) in rows]
+    if len(raws) != chunk["row_count"]:
+        raise ReadError(f"The input file changed: chunk {index} no longer has its rows.")
+    return raws
+
 
 # Parsed definitions and compiled validators, reused across a run's chunks: both are
 # per-chunk fixed costs otherwise. Keys change when the importer is edited.
 _definitions: dict[tuple[int, datetime], ImporterDefinition] = {}
-_validators: dict[tuple[int, tuple[str, ...]], tuple[ImporterDefinition, RowValidator]] = {}
+_validators: dict[tuple[int, tuple[str, ...]], tuple[ImporterDefinition, ChunkValidator]] = {}
 _CACHE_SIZE = 64
 
 
@@ -285,43 +300,31 @@ def _definition(context: asyncpg.Record) -> ImporterDefinition:
     return definition
 
 
-def validate_rows(
-    definition: ImporterDefinition, run_id: int, columns: list[str] | None, raws: list[RawRow]
-) -> list[ChunkRow]:
+def _validator(
+    definition: ImporterDefinition, run_id: int, columns: list[str] | None
+) -> ChunkValidator:
     # JSON headers grow during a run: the header is part of the key.
     key = (run_id, tuple(columns or ()))
     cached = _validators.get(key)
     if cached is not None and cached[0] is definition:
-        validator = cached[1]
-    else:
-        if len(_validators) >= _CACHE_SIZE:
-            _validators.clear()
-        validator = RowValidator(definition, plan_columns(definition, list(columns or ())))
-        _validators[key] = (definition, validator)
-    rows = []
-    for number, original, error, duplicate in raws:
-        if error is not None:
-            rows.append(ChunkRow(number, original, None, None, {"message": error}))
-            continue
-        result = validator.validate(original)
-        if result.errors:
-            errors = {"message": INVALID, "validation": result.errors}
-            rows.append(ChunkRow(number, original, None, None, errors))
-        else:
-            rows.append(ChunkRow(number, original, result.data, result.key, None, duplicate))
-    return rows
+        return cached[1]
+    if len(_validators) >= _CACHE_SIZE:
+        _validators.clear()
+    validator = ChunkValidator(definition, list(columns or ()))
+    _validators[key] = (definition, validator)
+    return validator
 
 
 async def _apply(
     session: AsyncSession,
     conn: asyncpg.Connection,
-    rows: list[ChunkRow],
+    raws: list[RawRow],
     definition: ImporterDefinition,
     run_id: int,
     index: int,
     run: asyncpg.Record,
 ) -> bool:
-    plan = await _plan(conn, rows, definition, run_id, run)
+    plan = await _plan(conn, raws, definition, run_id, run)
     if not run["dry_run"]:
         await upsert_records(conn, definition.collection, run["source_id"], run_id, plan.writes)
         if plan.touched:
@@ -351,17 +354,21 @@ async def _apply(
 
 async def _plan(
     conn: asyncpg.Connection,
-    rows: list[ChunkRow],
+    raws: list[RawRow],
     definition: ImporterDefinition,
     run_id: int,
     run: asyncpg.Record,
 ) -> Plan:
-    keys = (
-        []
-        if definition.action == "append"
-        else list({r.key for r in rows if r.key is not None and r.data is not None})
-    )
-    existing = await fetch_existing(conn, definition, keys)
+    validator = _validator(definition, run_id, run["columns"])
+    # Existing records first, by the keys computed from key fields alone: rows whose input
+    # is the one that wrote their record need no validation (prepare.py).
+    keyed = validator.keys(raws)
+    looked_up = {k[0] for k in keyed if k is not None}
+    existing = await fetch_existing(conn, definition, list(looked_up))
+    rows = validator.validate(raws, keyed, existing)
+    if definition.action != "append":
+        rest = {r.key for r in rows if r.key is not None and r.key not in looked_up}
+        existing.update(await fetch_existing(conn, definition, list(rest)))
     stage = definition.approval == "manual" or run["approval_mode"] == "manual"
     # A dry run logs every row: its row log *is* the report of what would happen.
     log_all = definition.log_rows == "all" or run["dry_run"]
@@ -412,7 +419,8 @@ async def fail_chunk(
     async with unit_of_work(factory) as session:
         conn = await raw_connection(session)
         chunk = await conn.fetchrow(
-            "SELECT c.status, c.row_count, i.definition FROM run_chunks c "
+            "SELECT c.status, c.first_row, c.row_count, c.byte_start, c.byte_end, r.columns, "
+            "r.file_key, i.definition FROM run_chunks c "
             "JOIN runs r ON r.id = c.run_id JOIN importers i ON i.id = r.importer_id "
             "WHERE c.run_id = $1 AND c.index = $2 FOR UPDATE OF c",
             run_id,
@@ -424,9 +432,9 @@ async def fail_chunk(
         plan = Plan()
         errors = _json({"message": f"The row could not be written: {reason}"[:1000]})
         try:
-            rows = read_payload(path)
-        except (OSError, ValueError):
-            rows = []  # the payload itself is lost: count its rows failed, log none
+            rows = read_chunk(storage_dir, chunk, chunk, run_id, index)
+        except (OSError, ValueError, ReadError):
+            rows = []  # the rows themselves are lost: count them failed, log none
             plan.failed = chunk["row_count"]
         for number, original, _, _ in rows:
             plan.failed += 1

@@ -17,6 +17,9 @@ class Record(Base):
     key: Mapped[str] = mapped_column(Text)
     data: Mapped[dict[str, Any]] = mapped_column(JSONB)
     content_hash: Mapped[str] = mapped_column(String(32))
+    # The hash of the input cells and importer definition that produced `data` (null when a
+    # reviewer's promotion wrote it): a row re-sent with the same one is unchanged.
+    input_hash: Mapped[str | None] = mapped_column(String(32))
     source_id: Mapped[int | None] = mapped_column(ForeignKey("sources.id", ondelete="SET NULL"))
     # Deliberately no foreign key: pruning old runs must not touch records.
     last_run_id: Mapped[int | None]

@@ -60,7 +60,8 @@ class Run(TimestampMixin, Base):
 class RunChunk(Base):
     """The exactly-once ledger: one row per chunk, and whether it has been applied.
 
-    The chunk's rows live in a payload file (see ``app.pipeline.chunks``)."""
+    A CSV chunk is a byte range of the run's input file (``byte_start``, ``byte_end``); any
+    other chunk's rows live in a payload file (see ``app.pipeline.chunks``)."""
 
     __tablename__ = "run_chunks"
     __table_args__ = (
@@ -72,6 +73,8 @@ class RunChunk(Base):
     status: Mapped[str] = mapped_column(String(10), default="pending")  # pending|done|cancelled
     first_row: Mapped[int]
     row_count: Mapped[int]
+    byte_start: Mapped[int | None] = mapped_column(BigInteger)
+    byte_end: Mapped[int | None] = mapped_column(BigInteger)
     attempts: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
     applied_at: Mapped[datetime | None]

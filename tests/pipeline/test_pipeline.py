@@ -159,6 +159,57 @@ async def test_reupload_counts_unchanged_and_updated_rows(
     assert (await records(session_factory, "users"))["alan@example.com"]["age"] == 42
 
 
+async def test_a_resent_row_is_unchanged_by_its_input_until_the_importer_changes(
+    create_importer: CreateImporter,
+    upload: Upload,
+    run_worker: RunWorker,
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    definition = {"key": ["email"], "fields": USER_FIELDS}
+    await create_importer(**definition)
+    await upload("users", USERS_CSV)
+    await run_worker()
+    hashes = await scalar(
+        session_factory, "SELECT count(DISTINCT input_hash) FROM records WHERE collection = 'users'"
+    )
+    assert hashes == 3
+
+    run_id = (await upload("users", USERS_CSV)).json()["data"]["id"]
+    await run_worker()
+    assert (await run_of(session_factory, run_id))["summary"]["unchanged"] == 3
+
+    # The same cells under another definition may type differently: they are validated again.
+    fields = {**USER_FIELDS, "name": {**USER_FIELDS["name"], "transform": ["upper"]}}
+    response = await client.put(
+        f"{API}/importers/users",
+        json={"slug": "users", "collection": "users", **definition, "fields": fields},
+        headers=admin_headers,
+    )
+    assert response.status_code == 200, response.text
+    run_id = (await upload("users", USERS_CSV)).json()["data"]["id"]
+    await run_worker()
+    assert (await run_of(session_factory, run_id))["summary"]["updated"] == 3
+    assert (await records(session_factory, "users"))["ada@example.com"]["name"] == "ADA"
+
+
+async def test_a_later_row_of_a_key_wins_even_when_its_input_is_the_stored_one(
+    create_importer: CreateImporter,
+    upload: Upload,
+    run_worker: RunWorker,
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    await create_importer(key=["email"], fields=USER_FIELDS)
+    await upload("users", "Email,Name,Age\nbob@example.com,Bob,3\n")
+    await run_worker()
+    # One chunk: the first row changes the record, the second (as stored before) restores it.
+    csv = "Email,Name,Age\nbob@example.com,Bobby,4\nbob@example.com,Bob,3\n"
+    await upload("users", csv)
+    await run_worker()
+    assert (await records(session_factory, "users"))["bob@example.com"]["name"] == "Bob"
+
+
 async def test_on_duplicate_skip_skips_existing_and_in_file_duplicates(
     create_importer: CreateImporter,
     upload: Upload,

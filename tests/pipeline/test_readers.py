@@ -195,6 +195,50 @@ def test_csv_invalid_utf8_after_the_sample_raises(tmp_path: Path) -> None:
         read(write(tmp_path, "mixed.csv", lines))
 
 
+TRICKY_CSV = {
+    "plain": b"a,b\n1,2\n3,4\n5,6\n",
+    "bom and crlf": codecs.BOM_UTF8 + b"a,b\r\n1,2\r\n3,4\r\n5,6",
+    "lone cr": b"a,b\r1,2\r3,4\r\n5,6\r",
+    "quoted newlines": b'a,b\n"x\ny",2\n"say ""hi""\r\n, ok",4\n"\r",6\n',
+    "blank and ragged": b"a,b\n\n1,2\n , \n3\n\n4,5,6\n,\n7,8\n",
+    "cp1252": "a;b\nCaf\u00e9;\u20ac\nna\u00efve;2\n".encode("cp1252"),
+    "utf-8": "a|b\n\u00e9t\u00e9|\u65e5\u672c\n\U0001f600|x\n".encode(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRICKY_CSV))
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_csv_byte_range_chunks_read_exactly_the_rows_of_the_whole_file(
+    tmp_path: Path, name: str, size: int
+) -> None:
+    """The splitter cuts a CSV file into byte ranges at row ends; each range, parsed on its
+    own, must give the rows a single pass gives, in order, errors included."""
+    path = write(tmp_path, "data.csv", TRICKY_CSV[name])
+    columns, whole = read(path, "csv")
+    with csv_reader.open_csv(path) as table:
+        start = table.position
+        assert start is not None
+        ends = list(table.row_ends())
+        codec, delimiter = table.codec, table.delimiter
+    assert len(ends) == len(whole)
+    pieced: Rows = []
+    for first in range(0, len(ends), size):
+        end = ends[min(first + size, len(ends)) - 1]
+        part = csv_reader.CsvSlice(codec, delimiter, start, end)
+        chunk = list(csv_reader.read_slice(path, columns, part))
+        assert len(chunk) == min(size, len(ends) - first)
+        pieced.extend(chunk)
+        start = end
+    assert pieced == whole
+
+
+def test_csv_in_utf16_is_read_as_text_without_byte_ranges(tmp_path: Path) -> None:
+    path = write(tmp_path, "utf16.csv", "a,b\n1,2\n".encode("utf-16"))
+    with csv_reader.open_csv(path) as table:
+        assert table.position is None
+        assert list(table.rows()) == [({"a": "1", "b": "2"}, None)]
+
+
 def test_csv_not_utf8_nor_cp1252_raises(tmp_path: Path) -> None:
     with pytest.raises(ReadError, match="not valid UTF-8, UTF-16 or Windows-1252 text"):
         read(write(tmp_path, "odd.csv", b"a,b\n\x81\x8d,\x90\n"))

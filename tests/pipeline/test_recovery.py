@@ -206,7 +206,9 @@ async def test_a_worker_killed_mid_run_loses_no_row_and_doubles_no_count(
     assert count == total and logged == total
 
 
+@pytest.mark.parametrize("chunk_kind", ["byte range", "payload"])
 async def test_a_chunk_that_keeps_failing_fails_its_rows_and_the_run_ends(
+    chunk_kind: str,
     create_importer: CreateImporter,
     upload: Upload,
     settings: Settings,
@@ -218,10 +220,26 @@ async def test_a_chunk_that_keeps_failing_fails_its_rows_and_the_run_ends(
     from app.pipeline.chunks import payload_path
     from app.worker.tasks import MAX_CHUNK_ATTEMPTS, apply_chunk
 
-    await create_importer(key=["email"], fields=USER_FIELDS, chunk_size=10)
+    # skip marks duplicate keys while splitting, so its CSV chunks are payloads.
+    on_duplicate = "update" if chunk_kind == "byte range" else "skip"
+    await create_importer(
+        key=["email"], fields=USER_FIELDS, chunk_size=10, on_duplicate=on_duplicate
+    )
     run_id = (await upload("users", users_csv(15))).json()["data"]["id"]
     await split_only(settings, queue, session_factory, run_id)
-    payload_path(settings.storage_dir, run_id, 1).write_bytes(b"not json")
+    async with session_factory() as session, session.begin():
+        span = (
+            await session.execute(
+                text(
+                    "UPDATE run_chunks SET byte_end = byte_start + 5 "
+                    "WHERE run_id = :id AND index = 1 RETURNING byte_start"
+                ),
+                {"id": run_id},
+            )
+        ).scalar_one()
+    assert (span is not None) == (chunk_kind == "byte range")
+    if chunk_kind == "payload":
+        payload_path(settings.storage_dir, run_id, 1).write_bytes(b"not json")
     ctx = {"session_factory": session_factory, "settings": settings, "queue": queue}
     await apply_chunk(ctx, run_id, 0)
     for _ in range(MAX_CHUNK_ATTEMPTS - 1):

@@ -1,16 +1,22 @@
-"""CSV reader: `csv.reader` over a decoded text stream, one dict per row.
+"""CSV reader: `csv.reader` over decoded lines, one dict per row.
 
 Encoding: UTF-8 (BOM optional), UTF-16 LE/BE with BOM, else Windows-1252 when the first 64 KB
 are not UTF-8. Delimiter: the most frequent of `, ; \\t |` outside quotes on the header line.
+
+UTF-8 and Windows-1252 files are read as bytes and decoded line by line, so the reader knows
+the byte offset where each row ends: a run's chunks are then byte ranges of the file
+(`CsvSlice`), which chunk jobs parse in parallel, rather than rows copied into payloads.
 """
 
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
 from app.pipeline.readers.base import (
     MAX_COLUMNS,
@@ -26,17 +32,83 @@ if TYPE_CHECKING:
 
 _SAMPLE_BYTES = 64 * 1024
 _DELIMITERS = ",;\t|"
-_CODEC_NAMES = {"utf-8-sig": "UTF-8", "utf-16": "UTF-16", "cp1252": "Windows-1252"}
+_CODEC_NAMES = {
+    "utf-8-sig": "UTF-8",
+    "utf-8": "UTF-8",
+    "utf-16": "UTF-16",
+    "cp1252": "Windows-1252",
+}
+_UTF8_BOM = b"\xef\xbb\xbf"
+# A lone CR ends a line too, as in text mode with newline='' (old Mac files).
+_LONE_CR = re.compile(rb"(?<=\r)(?!\n)")
+
+
+@dataclass(frozen=True)
+class CsvSlice:
+    """How to parse a byte range of a CSV file on its own: a chunk of a run."""
+
+    codec: str  # "utf-8" | "cp1252"
+    delimiter: str
+    start: int
+    end: int
+
+
+class _ByteLines:
+    """The lines of a byte stream, decoded, split where text mode with newline='' splits them
+    (LF, CRLF, lone CR); `position` is the byte offset after the last line given out."""
+
+    def __init__(self, raw: BinaryIO, codec: str, end: int | None = None) -> None:
+        self.position = raw.tell()
+        self._raw = raw
+        self._codec = codec
+        self._end = end
+
+    def __iter__(self) -> Iterator[str]:
+        readline, codec, end = self._raw.readline, self._codec, self._end
+        while end is None or self.position < end:
+            # Bounded by the range's end: a lone CR may end a row inside a line.
+            line = readline(
+                MAX_LINE_CHARS if end is None else min(MAX_LINE_CHARS, end - self.position)
+            )
+            if not line:
+                return
+            if len(line) >= MAX_LINE_CHARS:
+                raise ReadError(f"A line is longer than {MAX_LINE_CHARS:,} characters.")
+            if b"\r" in line[:-2]:
+                for piece in _LONE_CR.split(line):
+                    self.position += len(piece)
+                    yield piece.decode(codec)
+                continue
+            self.position += len(line)
+            yield line.decode(codec)
 
 
 class CsvTable:
     def __init__(
-        self, columns: list[str], reader: Reader, codec: str, max_field_bytes: int
+        self,
+        columns: list[str],
+        reader: Reader,
+        codec: str,
+        max_field_bytes: int,
+        lines: _ByteLines | None = None,
+        delimiter: str = ",",
     ) -> None:
         self.columns = columns
         self._reader = reader
         self._codec = codec
         self._max_field_bytes = max_field_bytes
+        self._lines = lines
+        self.delimiter = delimiter
+
+    @property
+    def codec(self) -> str:
+        return self._codec
+
+    @property
+    def position(self) -> int | None:
+        """The byte offset where the last row read ends; None when the file is not read as
+        bytes (UTF-16)."""
+        return None if self._lines is None else self._lines.position
 
     def rows(self) -> Iterator[tuple[dict[str, Any], str | None]]:
         columns = self.columns
@@ -58,29 +130,73 @@ class CsvTable:
         except UnicodeDecodeError as exc:
             raise _decode_error(self._codec, reader.line_num) from exc
 
+    def row_ends(self) -> Iterator[int]:
+        """The byte offset where each data row (as `rows()` counts them) ends, for a table
+        read as bytes: the split of a file into byte ranges, without building its rows."""
+        assert self._lines is not None
+        lines, reader, width = self._lines, self._reader, len(self.columns)
+        try:
+            for row in reader:
+                if len(row) != width:
+                    if not any(cell.strip() for cell in row):
+                        continue  # blank line
+                    _ragged(self.columns, row)  # a row too wide fails the run here too
+                yield lines.position
+        except csv.Error as exc:
+            raise _csv_error(exc, reader.line_num, self._max_field_bytes) from exc
+        except UnicodeDecodeError as exc:
+            raise _decode_error(self._codec, reader.line_num) from exc
+
 
 @contextmanager
 def open_csv(path: Path, *, max_field_bytes: int = 1_048_576) -> Iterator[CsvTable]:
     with path.open("rb") as raw:
         head = raw.read(_SAMPLE_BYTES)
-    codec, sample = sniff_text(head, complete=len(head) < _SAMPLE_BYTES)
-    # The limit is process-wide in the csv module; every reader sets the value it needs.
+        codec, sample = sniff_text(head, complete=len(head) < _SAMPLE_BYTES)
+        delimiter = sniff_delimiter(sample)
+        # The limit is process-wide in the csv module; every reader sets the value it needs.
+        csv.field_size_limit(max_field_bytes)
+        if codec == "utf-16":
+            with path.open(encoding=codec, newline="") as stream:
+                reader = csv.reader(_bounded_lines(stream), delimiter=delimiter)
+                yield _with_header(CsvTable([], reader, codec, max_field_bytes), max_field_bytes)
+            return
+        raw.seek(len(_UTF8_BOM) if head.startswith(_UTF8_BOM) else 0)
+        codec = "utf-8" if codec == "utf-8-sig" else codec
+        lines = _ByteLines(raw, codec)
+        reader = csv.reader(lines, delimiter=delimiter)
+        table = CsvTable([], reader, codec, max_field_bytes, lines, delimiter)
+        yield _with_header(table, max_field_bytes)
+
+
+def read_slice(
+    path: Path, columns: list[str], part: CsvSlice, *, max_field_bytes: int = 1_048_576
+) -> Iterator[tuple[dict[str, Any], str | None]]:
+    """The rows of one byte range of a file whose header was read before, as `rows()` gave
+    them then."""
     csv.field_size_limit(max_field_bytes)
-    with path.open(encoding=codec, newline="") as stream:
-        reader = csv.reader(_bounded_lines(stream), delimiter=sniff_delimiter(sample))
-        try:
-            header = next((row for row in reader if any(cell.strip() for cell in row)), None)
-        except csv.Error as exc:
-            raise _csv_error(exc, reader.line_num, max_field_bytes) from exc
-        except UnicodeDecodeError as exc:
-            raise _decode_error(codec, reader.line_num) from exc
-        if header is None:
-            raise ReadError("The file is empty.")
-        if len(header) > MAX_COLUMNS:
-            raise ReadError(
-                f"The header has {len(header):,} columns, over the {MAX_COLUMNS:,} limit."
-            )
-        yield CsvTable(unique_headers(header), reader, codec, max_field_bytes)
+    with path.open("rb") as raw:
+        raw.seek(part.start)
+        lines = _ByteLines(raw, part.codec, part.end)
+        reader = csv.reader(lines, delimiter=part.delimiter)
+        yield from CsvTable(columns, reader, part.codec, max_field_bytes, lines).rows()
+
+
+def _with_header(table: CsvTable, max_field_bytes: int) -> CsvTable:
+    """The table with its columns, read from the first non-blank row."""
+    reader = table._reader
+    try:
+        header = next((row for row in reader if any(cell.strip() for cell in row)), None)
+    except csv.Error as exc:
+        raise _csv_error(exc, reader.line_num, max_field_bytes) from exc
+    except UnicodeDecodeError as exc:
+        raise _decode_error(table.codec, reader.line_num) from exc
+    if header is None:
+        raise ReadError("The file is empty.")
+    if len(header) > MAX_COLUMNS:
+        raise ReadError(f"The header has {len(header):,} columns, over the {MAX_COLUMNS:,} limit.")
+    table.columns = unique_headers(header)
+    return table
 
 
 def sniff_delimiter(sample: str) -> str:
