@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     url_max_redirects: int = Field(5, ge=0)
 
     worker_max_jobs: int = Field(4, ge=1)
+    # arq starts queued jobs only when it polls the queue, so a finished chunk's slot stays
+    # idle until the next poll: at 0.1 s a worker spent more time waiting than working.
+    worker_poll_seconds: float = Field(0.01, gt=0, le=5)
     run_timeout_minutes: int = Field(120, ge=1)
     reconcile_interval_seconds: int = Field(60, ge=5)
 

@@ -1,5 +1,6 @@
 """arq worker construction. The worker builds its own engine and queue in ``on_startup``."""
 
+import gc
 import logging
 from typing import Any
 
@@ -57,7 +58,7 @@ def create_worker(settings: Settings, *, burst: bool = False, **overrides: Any) 
         "burst": burst,
         "max_jobs": settings.worker_max_jobs,
         "keep_result": 0,
-        "poll_delay": 0.1,
+        "poll_delay": settings.worker_poll_seconds,
         "job_serializer": serialize,
         "job_deserializer": deserialize,
         # Only jobs that raise arq's Retry run again (chunk and split jobs do, a few times,
@@ -72,4 +73,8 @@ def create_worker(settings: Settings, *, burst: bool = False, **overrides: Any) 
 
 def run_worker(settings: Settings, *, burst: bool = False) -> None:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
+    # Chunks allocate a few objects per cell: at the default threshold (700) the cyclic
+    # collector ran every few rows. Start-up objects are frozen out of its scans.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 50)
     create_worker(settings, burst=burst).run()
