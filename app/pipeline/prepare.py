@@ -14,7 +14,6 @@ the later one is compared.
 
 import hashlib
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +47,7 @@ class ChunkValidator:
     def __init__(self, definition: ImporterDefinition, columns: list[str]) -> None:
         plan = plan_columns(definition, columns)
         self._validator = RowValidator(definition, plan)
-        self._key: Callable[[dict[str, Any]], str | None] | None = None
+        self._key_validator: RowValidator | None = None
         self._sources: list[str | None] = []
         self._salt = b""
         if definition.action != "append" and definition.on_duplicate in (
@@ -56,31 +55,31 @@ class ChunkValidator:
             "update_if_newer",
         ):
             key_fields = {name: definition.fields[name] for name in definition.key}
-            key_validator = RowValidator(definition.model_copy(update={"fields": key_fields}), plan)
-            self._key = lambda original: key_validator.validate(original).key
+            self._key_validator = RowValidator(
+                definition.model_copy(update={"fields": key_fields}), plan
+            )
             self._sources = [plan.sources[name] for name in definition.fields]
             self._salt = definition_salt(definition)
 
     def keys(self, raws: list[RawRow]) -> list[tuple[str, str] | None]:
         """Per raw row, its (key, input hash) when the shortcut may apply to it, else None."""
-        if self._key is None:
-            return [None] * len(raws)
-        key_of, sources, salt = self._key, self._sources, self._salt
-        keyed: list[tuple[str, str] | None] = []
-        for _, original, error, _ in raws:
-            key = key_of(original) if error is None else None
-            if key is None:
-                keyed.append(None)
+        keyed: list[tuple[str, str] | None] = [None] * len(raws)
+        if self._key_validator is None:
+            return keyed
+        sources, salt = self._sources, self._salt
+        readable = [i for i, raw in enumerate(raws) if raw[2] is None]
+        results = self._key_validator.validate_many([raws[i][1] for i in readable])
+        for i, result in zip(readable, results, strict=True):
+            if result.key is None:
                 continue
-            get = original.get
+            get = raws[i][1].get
             try:
                 # Without a default: a value that is not plain JSON (an XLSX date) could share
                 # its text with a string that types differently, so such rows are validated.
                 cells = orjson.dumps([get(source) if source else None for source in sources])
             except TypeError:
-                keyed.append(None)
                 continue
-            keyed.append((key, hashlib.md5(salt + cells).hexdigest()))
+            keyed[i] = (result.key, hashlib.md5(salt + cells).hexdigest())
         return keyed
 
     def validate(
@@ -90,29 +89,37 @@ class ChunkValidator:
         known: dict[str, Known],
     ) -> list[ChunkRow]:
         once = Counter(k[0] for k in keyed if k is not None)
-        validate = self._validator.validate
-        rows = []
-        for (number, original, error, duplicate), hashed in zip(raws, keyed, strict=True):
+        rows: list[ChunkRow | None] = [None] * len(raws)
+        pending: list[int] = []
+        for i, ((number, original, error, _), hashed) in enumerate(zip(raws, keyed, strict=True)):
             if error is not None:
-                rows.append(ChunkRow(number, original, None, None, {"message": error}))
-                continue
-            input_hash = None
-            if hashed is not None:
-                key, input_hash = hashed
-                record = known.get(key)
-                if record is not None and record.input_hash == input_hash and once[key] == 1:
-                    rows.append(
-                        ChunkRow(
-                            number, original, None, key, None, input_hash=input_hash, unchanged=True
-                        )
+                rows[i] = ChunkRow(number, original, None, None, {"message": error})
+            elif hashed is not None and once[hashed[0]] == 1:
+                record = known.get(hashed[0])
+                if record is not None and record.input_hash == hashed[1]:
+                    rows[i] = ChunkRow(
+                        number,
+                        original,
+                        None,
+                        hashed[0],
+                        None,
+                        input_hash=hashed[1],
+                        unchanged=True,
                     )
-                    continue
-            result = validate(original)
+                else:
+                    pending.append(i)
+            else:
+                pending.append(i)
+        results = self._validator.validate_many([raws[i][1] for i in pending])
+        for i, result in zip(pending, results, strict=True):
+            number, original, _, duplicate = raws[i]
             if result.errors:
                 errors = {"message": INVALID, "validation": result.errors}
-                rows.append(ChunkRow(number, original, None, None, errors))
+                rows[i] = ChunkRow(number, original, None, None, errors)
             else:
-                rows.append(
-                    ChunkRow(number, original, result.data, result.key, None, duplicate, input_hash)
+                hashed = keyed[i]
+                input_hash = hashed[1] if hashed is not None else None
+                rows[i] = ChunkRow(
+                    number, original, result.data, result.key, None, duplicate, input_hash
                 )
-        return rows
+        return [row for row in rows if row is not None]

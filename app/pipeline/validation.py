@@ -3,6 +3,12 @@
 This is the hot path of every row, so each field is compiled once into a closure that turns a
 raw cell into a typed, JSON-ready value or a `_Failed` carrying the field's messages, and
 `RowValidator.validate` only runs those closures.
+
+A chunk of rows is validated a column at a time (`RowValidator.validate_many`): where every
+cell of a column is plain text of the common shape (digits for an integer, an ASCII address
+for an email, ...), one regular expression over the whole column stands for a call per cell,
+and the values are converted in bulk. Any other column takes the per-cell closure, so the
+results are the same either way.
 """
 
 import copy
@@ -24,6 +30,8 @@ from app.pipeline.mapping import ColumnPlan
 Parser = Callable[[Any], Any]
 # A typed value back, or a _Failed.
 Check = Callable[[Any], Any]
+# A column of cells -> their converted values (typed values or _Failed), in order.
+Batch = Callable[[list[Any]], list[Any]]
 
 
 @dataclass(slots=True)
@@ -435,8 +443,93 @@ def _all_of(checks: list[Check]) -> Check | None:
     return check_all
 
 
-def _compile_field(name: str, spec: FieldSpec, is_key: bool) -> Parser:
-    """The closure raw cell -> typed value or _Failed, for one field."""
+# Cells are joined with NUL, which no shape below admits, to test a whole column at once.
+_SEPARATOR = "\x00"
+
+
+def _decimal(text: str) -> Any:
+    return float(text) if "." in text else int(text)
+
+
+def _iso_date(text: str) -> Any:
+    date.fromisoformat(text)  # the shape is right; the month and day must be too
+    return text
+
+
+def _same(text: str) -> Any:
+    return text
+
+
+# The plain shape of each type's cells, and their conversion (which may raise ValueError).
+# A string has no shape: any text is one. int64 always holds 18 digits.
+_SHAPES: dict[str, tuple[str | None, Callable[[str], Any]]] = {
+    "string": (None, _same),
+    "integer": (r"[+-]?[0-9]{1,18}", int),
+    "number": (r"[+-]?[0-9]{1,18}(?:\.[0-9]{1,18})?", _decimal),
+    "date": (r"[0-9]{4}-[0-9]{2}-[0-9]{2}", _iso_date),
+    "email": (_ASCII_EMAIL.pattern, _same),
+}
+
+
+def _compile_batch(spec: FieldSpec, convert: Parser, finish: Check | None) -> Batch:
+    """The column function of a field: `convert` per cell, except for text cells of the plain
+    shape, converted in bulk (and checked by one regular expression when all of them are)."""
+
+    def per_cell(cells: list[Any]) -> list[Any]:
+        return list(map(convert, cells))
+
+    kind = spec.type
+    if kind not in _SHAPES or (kind == "date" and spec.format != _ISO_DATE):
+        return per_cell
+    if kind == "string" and "" in spec.null_if:
+        return per_cell  # blank strings become null: the per-cell path decides
+    shape, fast = _SHAPES[kind]
+    cell_match = re.compile(shape).fullmatch if shape else None
+    column_match = re.compile(f"(?:{shape})(?:\x00(?:{shape}))*").fullmatch if shape else None
+    nulls = frozenset(spec.null_if)
+    transforms = tuple(_TRANSFORMS[transform] for transform in spec.transform)
+
+    def mixed(cells: list[str], text: list[str]) -> list[Any]:
+        values = []
+        for raw, cell in zip(cells, text, strict=True):
+            # A quote may start a formula escape, which the per-cell path strips.
+            if "'" in raw or cell in nulls or (cell_match is not None and not cell_match(cell)):
+                values.append(convert(raw))
+                continue
+            try:
+                value = fast(cell)
+            except ValueError:
+                values.append(convert(raw))
+                continue
+            values.append(value if finish is None else finish(value))
+        return values
+
+    def batch(cells: list[Any]) -> list[Any]:
+        try:
+            joined = _SEPARATOR.join(cells)
+        except TypeError:  # not all text: JSON or XLSX values
+            return per_cell(cells)
+        if joined.count(_SEPARATOR) != len(cells) - 1:
+            return per_cell(cells)  # a NUL inside a cell would pass for a separator
+        text = cells
+        for transform in transforms:
+            text = list(map(transform, text))
+        if "'" in joined or not nulls.isdisjoint(text):
+            return mixed(cells, text)
+        if column_match is not None:
+            if column_match(_SEPARATOR.join(text) if transforms else joined) is None:
+                return mixed(cells, text)
+            try:
+                text = list(map(fast, text))
+            except ValueError:
+                return mixed(cells, text)
+        return text if finish is None else list(map(finish, text))
+
+    return batch
+
+
+def _compile_field(name: str, spec: FieldSpec, is_key: bool) -> tuple[Parser, Batch]:
+    """The closure raw cell -> typed value or _Failed, for one field, and its column form."""
     label = name.replace("_", " ")
     kind = spec.type
     is_string = kind == "string"
@@ -509,12 +602,16 @@ def _compile_field(name: str, spec: FieldSpec, is_key: bool) -> Parser:
             return copy.deepcopy(null_value) if copy_null else null_value
         return coerce(raw)
 
-    return convert
+    return convert, _compile_batch(spec, convert, finish)
 
 
 def _absent(convert: Parser) -> Parser:
     """A field without a column: null in every row, whatever the row holds."""
     return lambda _: convert(None)
+
+
+def _absent_batch(convert: Parser) -> Batch:
+    return lambda cells: [convert(None) for _ in cells]
 
 
 def _key_text(value: Any) -> str:
@@ -527,13 +624,15 @@ class RowValidator:
     def __init__(self, definition: ImporterDefinition, plan: ColumnPlan) -> None:
         keyed = definition.action != "append"
         self._fields: list[tuple[str, str, Parser]] = []
+        self._batches: list[Batch] = []
         for name, spec in definition.fields.items():
-            convert = _compile_field(name, spec, keyed and name in definition.key)
+            convert, batch = _compile_field(name, spec, keyed and name in definition.key)
             column = plan.sources.get(name)
             if column is None:
                 # Any column will do: the absent field's closure ignores the cell.
-                column, convert = name, _absent(convert)
+                column, convert, batch = name, _absent(convert), _absent_batch(convert)
             self._fields.append((name, column, convert))
+            self._batches.append(batch)
         self._key: Callable[[dict[str, Any]], str] | None = None
         if keyed and len(definition.key) == 1:
             field = definition.key[0]
@@ -555,3 +654,28 @@ class RowValidator:
                 }
                 return RowResult(None, errors, None)
         return RowResult(data, None, None if self._key is None else self._key(data))
+
+    def validate_many(self, rows: list[dict[str, Any]]) -> list[RowResult]:
+        """`validate` of each row, computed a column at a time."""
+        names = [name for name, _, _ in self._fields]
+        columns = [
+            batch([row.get(column) for row in rows])
+            for (_, column, _), batch in zip(self._fields, self._batches, strict=True)
+        ]
+        failed: set[int] = set()
+        for column_values in columns:
+            failed.update(i for i, value in enumerate(column_values) if type(value) is _Failed)
+        key = self._key
+        results = []
+        for i, values in enumerate(zip(*columns, strict=True)):
+            data = dict(zip(names, values, strict=True))
+            if i in failed:
+                errors = {
+                    name: list(value.messages)
+                    for name, value in data.items()
+                    if type(value) is _Failed
+                }
+                results.append(RowResult(None, errors, None))
+            else:
+                results.append(RowResult(data, None, None if key is None else key(data)))
+        return results

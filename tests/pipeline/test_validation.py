@@ -1,6 +1,7 @@
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
+import orjson
 import pytest
 
 from app.importers.schemas import ImporterDefinition
@@ -23,8 +24,18 @@ def validator(definition: ImporterDefinition, columns: list[str] | None = None) 
     return RowValidator(definition, plan_columns(definition, columns or list(definition.fields)))
 
 
+def same(a: RowResult, b: RowResult) -> bool:
+    """Equal, types included (1 == 1.0 in Python, not in JSON)."""
+    return orjson.dumps([a.data, a.errors, a.key]) == orjson.dumps([b.data, b.errors, b.key])
+
+
 def run(spec: dict[str, Any], value: Any, field: str = "value") -> RowResult:
-    return validator(importer({field: spec})).validate({field: value})
+    check = validator(importer({field: spec}))
+    result = check.validate({field: value})
+    # Every case here also checks that the column path agrees with the per-row one.
+    (column_result,) = check.validate_many([{field: value}])
+    assert same(column_result, result), (column_result, result)
+    return result
 
 
 def typed(spec: dict[str, Any], value: Any, field: str = "value") -> Any:
@@ -770,3 +781,67 @@ def test_error_lists_are_not_shared_between_rows() -> None:
 def test_empty_list_separator_is_refused_by_the_definition() -> None:
     with pytest.raises(ValueError, match=r"fields\.tags\.separator"):
         importer({"tags": {"type": "list", "separator": ""}})
+
+
+COLUMN_CASES: list[tuple[dict[str, Any], list[Any]]] = [
+    ({"type": "integer", "min": 0, "max": 150}, ["1", "42", "150", "7"]),
+    ({"type": "integer", "min": 0, "max": 150}, ["1", "151", "-3", " 7 ", "", "x", "1.0"]),
+    ({"type": "integer"}, ["123456789012345678", "1234567890123456789", "+5", "-0", "1_0"]),
+    ({"type": "integer", "null_if": ["NA"]}, ["1", "NA", "2"]),
+    ({"type": "integer", "null_if": ["0"], "default": 7}, ["0", "1", "x", "2"]),
+    ({"type": "string", "required": True}, ["it's", "'+1", "ok", ""]),
+    ({"type": "date", "format": "%Y-%m-%d"}, ["2024-01-31", "2024-13-01", "", "x"]),
+    ({"type": "integer"}, ["1", "'=2", "3"]),
+    ({"type": "integer"}, ["1\x002", "3"]),
+    ({"type": "integer"}, [1, "2", None, 3.0]),
+    ({"type": "number"}, ["1", "2.5", "-0.25", "10"]),
+    ({"type": "number"}, ["1.", ".5", "1e3", "nan", "inf", " 2"]),
+    ({"type": "date", "format": "%Y-%m-%d"}, ["2024-01-31", "2023-12-01"]),
+    ({"type": "date", "format": "%Y-%m-%d"}, ["2024-02-30", "2024-1-5", "2024-01-31"]),
+    ({"type": "email", "required": True}, ["a@b.co", "x.y+z@mail.example.org"]),
+    ({"type": "email", "required": True}, ["a@b.co", "", "not-an-email", " a@b.co"]),
+    ({"type": "email", "transform": ["trim", "lower"]}, [" A@B.CO ", "x@Y.io"]),
+    ({"type": "email"}, ["'-a@b.co", "a@b.co"]),
+    ({"type": "email"}, ["a@b.co\x00c@d.co", "e@f.co"]),
+    ({"type": "string"}, ["Ada", "", "  ", "'=SUM(A1)", "x"]),
+    ({"type": "string", "required": True, "min_length": 2}, ["Ada", "A", "", "Bob"]),
+    ({"type": "string", "in": ["DE", "FR"]}, ["DE", "FR", "", "US"]),
+    ({"type": "string", "null_if": ["", "n/a"]}, ["x", "", "n/a"]),
+    ({"type": "string", "transform": ["upper"], "null_if": ["X"]}, ["x", "y"]),
+    ({"type": "string", "pattern": "^[a-z]+$"}, ["abc", "ABC"]),
+    ({"type": "string"}, ["x", 5, None, True]),
+    ({"type": "list", "separator": ";"}, ["a;b", "", " c ; ;d"]),
+    ({"type": "boolean"}, ["yes", "no", "maybe"]),
+]
+
+
+@pytest.mark.parametrize(("spec", "cells"), COLUMN_CASES)
+def test_a_column_validates_as_its_cells_do_one_by_one(
+    spec: dict[str, Any], cells: list[Any]
+) -> None:
+    check = validator(importer({"value": spec}))
+    rows = [{"value": cell} for cell in cells]
+    results = check.validate_many(rows)
+    assert len(results) == len(rows)
+    for row, result in zip(rows, results, strict=True):
+        assert same(result, check.validate(row)), row
+
+
+def test_a_chunk_validates_as_its_rows_do_one_by_one() -> None:
+    fields = {
+        "id": {"type": "integer", "required": True},
+        "email": {"type": "email", "required": True},
+        "age": {"type": "integer", "min": 0, "max": 150},
+        "country": {"type": "string", "in": ["DE", "FR"]},
+    }
+    check = validator(importer(fields, action="upsert", key=["email"]))
+    rows = [
+        {"id": "1", "email": "a@b.co", "age": "3", "country": "DE"},
+        {"id": "x", "email": "c@d.co", "age": "200", "country": "US"},
+        {"id": "3", "email": "", "age": "", "country": ""},
+        {"id": "4", "email": "e@f.co", "age": "40", "country": "FR"},
+    ]
+    results = check.validate_many(rows)
+    assert [r.key for r in results] == ["a@b.co", None, None, "e@f.co"]
+    for row, result in zip(rows, results, strict=True):
+        assert same(result, check.validate(row)), row
