@@ -36,6 +36,10 @@ class Known:
     input_hash: str | None = None
 
 
+# Joins a row's cells for hashing; a row with a cell that holds it is not hashed.
+_SEPARATOR = "\x1f"
+
+
 def definition_salt(definition: ImporterDefinition) -> bytes:
     dump = definition.model_dump(mode="json", by_alias=True)
     return hashlib.md5(orjson.dumps(dump, option=orjson.OPT_SORT_KEYS)).digest()
@@ -47,39 +51,37 @@ class ChunkValidator:
     def __init__(self, definition: ImporterDefinition, columns: list[str]) -> None:
         plan = plan_columns(definition, columns)
         self._validator = RowValidator(definition, plan)
-        self._key_validator: RowValidator | None = None
-        self._sources: list[str | None] = []
-        self._salt = b""
-        if definition.action != "append" and definition.on_duplicate in (
+        self._shortcut = definition.action != "append" and definition.on_duplicate in (
             "update",
             "update_if_newer",
-        ):
-            key_fields = {name: definition.fields[name] for name in definition.key}
-            self._key_validator = RowValidator(
-                definition.model_copy(update={"fields": key_fields}), plan
-            )
-            self._sources = [plan.sources[name] for name in definition.fields]
-            self._salt = definition_salt(definition)
+        )
+        # The cells that make a record: its fields' columns in field order. Which fields have
+        # no column depends on the file, so it is part of the salt with the definition.
+        self._sources = [source for source in plan.sources.values() if source is not None]
+        present = [name for name, source in plan.sources.items() if source is not None]
+        self._salt = definition_salt(definition) + orjson.dumps(present)
 
     def keys(self, raws: list[RawRow]) -> list[tuple[str, str] | None]:
         """Per raw row, its (key, input hash) when the shortcut may apply to it, else None."""
         keyed: list[tuple[str, str] | None] = [None] * len(raws)
-        if self._key_validator is None:
+        if not self._shortcut:
             return keyed
-        sources, salt = self._sources, self._salt
         readable = [i for i, raw in enumerate(raws) if raw[2] is None]
-        results = self._key_validator.validate_many([raws[i][1] for i in readable])
-        for i, result in zip(readable, results, strict=True):
-            if result.key is None:
+        originals = [raws[i][1] for i in readable]
+        keys = self._validator.keys_many(originals)
+        columns = [[original.get(source) for original in originals] for source in self._sources]
+        salt, separators = self._salt, len(self._sources) - 1
+        for i, key, cells in zip(readable, keys, zip(*columns, strict=True), strict=True):
+            if key is None:
                 continue
-            get = raws[i][1].get
             try:
-                # Without a default: a value that is not plain JSON (an XLSX date) could share
-                # its text with a string that types differently, so such rows are validated.
-                cells = orjson.dumps([get(source) if source else None for source in sources])
+                text = _SEPARATOR.join(cells)
             except TypeError:
+                # Not all text (XLSX or JSON values): a value could share its text with a
+                # string that types differently, so such rows are validated.
                 continue
-            keyed[i] = (result.key, hashlib.md5(salt + cells).hexdigest())
+            if text.count(_SEPARATOR) == separators:  # else a cell holds the separator
+                keyed[i] = (key, hashlib.md5(salt + text.encode()).hexdigest())
         return keyed
 
     def validate(

@@ -633,6 +633,12 @@ class RowValidator:
                 column, convert, batch = name, _absent(convert), _absent_batch(convert)
             self._fields.append((name, column, convert))
             self._batches.append(batch)
+        by_name = {
+            name: (column, batch)
+            for (name, column, _), batch in zip(self._fields, self._batches, strict=True)
+        }
+        # In the key's order, as `_key` joins them.
+        self._key_batches = [by_name[name] for name in definition.key] if keyed else []
         self._key: Callable[[dict[str, Any]], str] | None = None
         if keyed and len(definition.key) == 1:
             field = definition.key[0]
@@ -654,6 +660,21 @@ class RowValidator:
                 }
                 return RowResult(None, errors, None)
         return RowResult(data, None, None if self._key is None else self._key(data))
+
+    def keys_many(self, rows: list[dict[str, Any]]) -> list[str | None]:
+        """The record key of each row, from its key fields alone (None where one of them is
+        invalid): what `validate` gives a row that is valid."""
+        if self._key is None:
+            return [None] * len(rows)
+        columns = [batch([row.get(column) for row in rows]) for column, batch in self._key_batches]
+        if len(columns) == 1:
+            return [None if type(value) is _Failed else _key_text(value) for value in columns[0]]
+        return [
+            None
+            if any(type(value) is _Failed for value in values)
+            else "|".join(map(_key_text, values))
+            for values in zip(*columns, strict=True)
+        ]
 
     def validate_many(self, rows: list[dict[str, Any]]) -> list[RowResult]:
         """`validate` of each row, computed a column at a time."""

@@ -845,3 +845,23 @@ def test_a_chunk_validates_as_its_rows_do_one_by_one() -> None:
     assert [r.key for r in results] == ["a@b.co", None, None, "e@f.co"]
     for row, result in zip(rows, results, strict=True):
         assert same(result, check.validate(row)), row
+
+
+def test_keys_of_a_chunk_are_the_keys_its_valid_rows_get() -> None:
+    fields = {
+        "email": {"type": "email", "required": True, "transform": ["lower"]},
+        "id": {"type": "integer"},
+        "name": {"type": "string", "required": True},
+    }
+    rows = [
+        {"email": "A@B.CO", "id": "7", "name": "Ann"},
+        {"email": "nope", "id": "8", "name": "Bob"},
+        {"email": "c@d.co", "id": "x", "name": ""},
+    ]
+    single = validator(importer(fields, action="upsert", key=["email"]))
+    assert single.keys_many(rows) == ["a@b.co", None, "c@d.co"]
+    # A composite key joins its fields in the key's order, not the fields' order.
+    composite = validator(importer(fields, action="upsert", key=["id", "email"]))
+    assert composite.keys_many(rows) == ["7|a@b.co", None, None]
+    assert composite.keys_many(rows[:1]) == [composite.validate(rows[0]).key]
+    assert validator(importer(fields)).keys_many(rows) == [None, None, None]  # append
