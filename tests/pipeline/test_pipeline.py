@@ -386,3 +386,30 @@ async def test_log_rows_failed_keeps_only_failed_rows(
     run_id = (await upload("users", USERS_CSV + "bad,B,1\n")).json()["data"]["id"]
     await run_worker()
     assert [r["row_number"] for r in await row_log(session_factory, run_id)] == [4]
+
+
+async def test_new_records_created_meanwhile_by_another_chunk_are_upserted(
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    """New keys are written by COPY; when another transaction created one of them since the
+    chunk was planned, the COPY fails under a savepoint and the upsert writes them all."""
+    from app.core.db import raw_connection, unit_of_work
+    from app.pipeline.writer import write_records
+
+    writes = {
+        "a": ('{"n": 1}', "h1", 1, None),
+        "b": ('{"n": 2}', "h2", 2, None),
+    }
+    async with unit_of_work(session_factory) as session:
+        conn = await raw_connection(session)
+        await write_records(conn, "things", None, 1, {"a": writes["a"]}, {"a"})
+    async with unit_of_work(session_factory) as session:
+        conn = await raw_connection(session)
+        await write_records(conn, "things", None, 2, writes, {"a", "b"})  # "a" exists now
+        assert await conn.fetchval("SELECT count(*) FROM records") == 2
+    stored = await records(session_factory, "things")
+    assert stored == {"a": {"n": 1}, "b": {"n": 2}}
+    last_runs = await scalar(
+        session_factory, "SELECT array_agg(last_run_id ORDER BY key) FROM records"
+    )
+    assert last_runs == [2, 2]
