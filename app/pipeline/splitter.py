@@ -8,7 +8,9 @@ stays flat; each chunk is committed (with the run's progress) before its apply j
 enqueued. If the worker dies, the job runs again and resumes after the last committed chunk.
 """
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -155,8 +157,14 @@ async def _aiter(rows: Iterator[Any]) -> AsyncIterator[InputRow]:
 
 
 class _Store:
-    """Stores a run's chunks in order: each one's ledger row and the run's progress in one
-    transaction, then its apply job. Chunks an earlier attempt stored are passed over."""
+    """Stores a run's chunks in order: their ledger rows and the run's progress in one
+    transaction, then their apply jobs. Chunks are stored in batches, so that the splitter,
+    which shares its worker with chunk jobs, yields to them rarely: the first chunk at once
+    (work starts early), then every FLUSH_CHUNKS chunks or FLUSH_SECONDS. Chunks an earlier
+    attempt stored are passed over."""
+
+    FLUSH_CHUNKS = 16
+    FLUSH_SECONDS = 0.05
 
     def __init__(
         self,
@@ -169,6 +177,8 @@ class _Store:
         self.factory, self.queue, self.storage_dir = factory, queue, storage_dir
         self.run_id, self.resume_from = run_id, resume_from
         self.index = 0
+        self.pending: list[dict[str, Any]] = []
+        self.flushed_at = 0.0
 
     async def chunk(
         self,
@@ -180,13 +190,33 @@ class _Store:
         rows: list[chunks.RawRow] | None = None,
         span: tuple[int, int] | None = None,
     ) -> bool:
-        """Store the next chunk: its rows, or its byte range. True when the run was cancelled."""
+        """Add the next chunk: its rows, or its byte range. True when the run was cancelled."""
         index, self.index = self.index, self.index + 1
         if index < self.resume_from:
             return False
         if rows is not None:
             chunks.write_payload(chunks.payload_path(self.storage_dir, self.run_id, index), rows)
         start, end = span or (None, None)
+        self.pending.append(
+            {
+                "run": self.run_id,
+                "index": index,
+                "first": first_row,
+                "count": count,
+                "start": start,
+                "end": end,
+            }
+        )
+        due = time.monotonic() - self.flushed_at >= self.FLUSH_SECONDS
+        if len(self.pending) >= self.FLUSH_CHUNKS or due:
+            return await self.flush(total, columns)
+        return False
+
+    async def flush(self, total: int, columns: list[str]) -> bool:
+        """Store the pending chunks; True when the run was cancelled."""
+        if not self.pending:
+            return False
+        pending, self.pending = self.pending, []
         async with unit_of_work(self.factory) as session:
             await session.execute(
                 text(
@@ -194,14 +224,7 @@ class _Store:
                     "attempts, byte_start, byte_end) VALUES (:run, :index, 'pending', :first, "
                     ":count, 0, :start, :end) ON CONFLICT DO NOTHING"
                 ),
-                {
-                    "run": self.run_id,
-                    "index": index,
-                    "first": first_row,
-                    "count": count,
-                    "start": start,
-                    "end": end,
-                },
+                pending,
             )
             flag = await session.scalar(
                 text(
@@ -211,15 +234,22 @@ class _Store:
                 ),
                 {
                     "id": self.run_id,
-                    "written": index + 1,
+                    "written": pending[-1]["index"] + 1,
                     "total": total,
                     "columns": json_dumps(columns),
                 },
             )
-        await enqueue_quietly(enqueue_chunk, self.queue, self.run_id, index)
+        await asyncio.gather(
+            *(enqueue_quietly(enqueue_chunk, self.queue, self.run_id, c["index"]) for c in pending)
+        )
+        self.flushed_at = time.monotonic()
         return bool(flag)
 
-    async def finish(self, definition: ImporterDefinition, total: int, columns: list[str]) -> None:
+    async def finish(
+        self, definition: ImporterDefinition, total: int, columns: list[str], *, cancelled: bool
+    ) -> None:
+        if not cancelled:
+            await self.flush(total, columns)
         async with unit_of_work(self.factory) as session:
             await session.execute(
                 text(
@@ -254,7 +284,7 @@ async def _split(
                 break
     if batch and not cancelled:
         await store.chunk(batch[0][0], len(batch), total, columns, rows=batch)
-    await store.finish(definition, total, columns)
+    await store.finish(definition, total, columns, cancelled=cancelled)
 
 
 async def _split_ranges(store: _Store, definition: ImporterDefinition, table: CsvTable) -> None:
@@ -274,4 +304,4 @@ async def _split_ranges(store: _Store, definition: ImporterDefinition, table: Cs
                 break
     if count and not cancelled:
         await store.chunk(first, count, total, columns, span=(start, end))
-    await store.finish(definition, total, columns)
+    await store.finish(definition, total, columns, cancelled=cancelled)
