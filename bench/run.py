@@ -135,12 +135,18 @@ async def issue_token(url: str) -> str:
         await engine.dispose()
 
 
-async def reset_tables(url: str) -> None:
+async def settle(url: str, *, truncate: bool) -> None:
+    """Start a measured upload from a settled database: emptied (for a first upload), or with
+    the vacuum and statistics that the previous upload's writes call for done now, rather
+    than by autovacuum during this one; then a checkpoint, so none lands in the next run."""
     conn = await asyncpg.connect(url)
     try:
-        await conn.execute(TRUNCATE)
+        if truncate:
+            await conn.execute(TRUNCATE)
+        else:
+            await conn.execute("VACUUM (ANALYZE) records, run_rows, run_chunks, runs")
         with contextlib.suppress(asyncpg.PostgresError):
-            await conn.execute("CHECKPOINT")  # so no checkpoint of the last run lands in this one
+            await conn.execute("CHECKPOINT")
     finally:
         await conn.close()
 
@@ -390,8 +396,7 @@ def measure_all(
                 ]
             for kind, variant, slug, file, fresh in steps:
                 procs.stop(procs.workers)
-                if fresh:
-                    asyncio.run(reset_tables(db_url))
+                asyncio.run(settle(db_url, truncate=fresh))
                 procs.restart_workers(workers)
                 expected = args.rows if file == "big" else args.small
                 run = upload_and_wait(client, slug, files[file], expected, procs)
