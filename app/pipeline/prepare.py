@@ -93,10 +93,12 @@ class ChunkValidator:
         once = Counter(k[0] for k in keyed if k is not None)
         rows: list[ChunkRow | None] = [None] * len(raws)
         pending: list[int] = []
-        for i, ((number, original, error, _), hashed) in enumerate(zip(raws, keyed, strict=True)):
+        for i, ((number, original, error, duplicate), hashed) in enumerate(
+            zip(raws, keyed, strict=True)
+        ):
             if error is not None:
                 rows[i] = ChunkRow(number, original, None, None, {"message": error})
-            elif hashed is not None and once[hashed[0]] == 1:
+            elif hashed is not None and once[hashed[0]] == 1 and not duplicate:
                 record = known.get(hashed[0])
                 if record is not None and record.input_hash == hashed[1]:
                     rows[i] = ChunkRow(

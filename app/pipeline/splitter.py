@@ -37,33 +37,82 @@ log = logging.getLogger(__name__)
 InputRow = tuple[int, dict[str, Any], str | None]  # row number, original data, read error
 
 
+class _SeenExactly:
+    """The keys met so far, as 64-bit hashes: what `skip` and `fail` act on."""
+
+    def __init__(self) -> None:
+        self._seen: set[int] = set()
+
+    def add(self, key: str) -> bool:
+        """Remember `key`; True when it was met before."""
+        digest = hash(key)
+        met = digest in self._seen
+        self._seen.add(digest)
+        return met
+
+
+class _SeenProbably:
+    """The keys met so far, in a fixed 16 MiB bitset, whatever the file's size. It may take a
+    new key for a repeated one (about 1% of keys at 1M keys), never the reverse: right for
+    `update`, where a repeated key only costs its later row a write."""
+
+    BITS = 1 << 27
+
+    def __init__(self) -> None:
+        self._bits = bytearray(self.BITS >> 3)
+
+    def add(self, key: str) -> bool:
+        slot = hash(key) & (self.BITS - 1)
+        byte, bit = slot >> 3, 1 << (slot & 7)
+        met = self._bits[byte] & bit
+        self._bits[byte] |= bit
+        return bool(met)
+
+
 class Splitter:
     """Checks the header and marks rows whose key an earlier row of the run already had.
 
-    Validation itself happens when chunks are applied, in parallel; only ``skip`` and
-    ``fail`` need the first row of each key, so only they compute keys here (from the key
-    fields alone) and remember them as hashes to keep memory small.
+    Validation itself happens when chunks are applied, in parallel. The splitter only
+    computes keys (from the key fields alone): `skip` and `fail` act on the later rows of a
+    key, and under `update` such a row must be written even when its record already holds
+    it, so that an earlier row of the run, applied after it in another chunk, cannot win.
     """
 
     def __init__(self, definition: ImporterDefinition, columns: list[str]):
         plan = plan_columns(definition, columns)  # a missing key column fails the run now
         self.key_validator: RowValidator | None = None
-        if definition.on_duplicate in ("skip", "fail") and definition.action != "append":
+        self.seen: _SeenExactly | _SeenProbably | None = None
+        self.key_positions: list[tuple[str, int]] = []
+        if definition.action != "append":
             key_fields = {name: definition.fields[name] for name in definition.key}
             self.key_validator = RowValidator(
                 definition.model_copy(update={"fields": key_fields}), plan
             )
-        self.seen: set[int] = set()
+            exact = definition.on_duplicate in ("skip", "fail")
+            self.seen = _SeenExactly() if exact else _SeenProbably()
+            key_columns = {plan.sources[name] for name in definition.key}
+            self.key_positions = [
+                (column, position)
+                for position, column in enumerate(columns)
+                if column in key_columns
+            ]
 
-    def row(self, row_number: int, original: dict[str, Any], error: str | None) -> chunks.RawRow:
-        duplicate = False
-        if self.key_validator is not None and error is None:
-            key = self.key_validator.validate(original).key
-            if key is not None:
-                digest = hash(key)
-                duplicate = digest in self.seen
-                self.seen.add(digest)
-        return (row_number, original, error, duplicate)
+    def duplicates(self, originals: list[dict[str, Any] | None]) -> list[bool]:
+        """Per row (None for one that cannot be read), whether an earlier row had its key."""
+        if self.key_validator is None or self.seen is None:
+            return [False] * len(originals)
+        readable = [original for original in originals if original is not None]
+        keys = iter(self.key_validator.keys_many(readable))
+        add = self.seen.add
+        flags = []
+        for original in originals:
+            key = next(keys) if original is not None else None
+            flags.append(key is not None and add(key))
+        return flags
+
+    def key_cells(self, cells: list[str]) -> dict[str, Any]:
+        """The key columns of a CSV row given as its cells."""
+        return {column: cells[position] for column, position in self.key_positions}
 
 
 def _numbered(rows: Iterator[tuple[dict[str, Any], str | None]]) -> Iterator[InputRow]:
@@ -134,12 +183,8 @@ async def split_run(
             with open_table(path, fmt, filename=filename, sheet=sheet) as table:
                 store = _Store(factory, queue, settings.storage_dir, run_id, resume_from)
                 splitter = Splitter(definition, table.columns)
-                if (
-                    isinstance(table, CsvTable)
-                    and table.position is not None
-                    and splitter.key_validator is None
-                ):
-                    await _split_ranges(store, definition, table)
+                if isinstance(table, CsvTable) and table.position is not None:
+                    await _split_ranges(store, definition, splitter, table)
                 else:
                     rows = _aiter(_numbered(table.rows()))
                     await _split(store, definition, splitter, table.columns, rows)
@@ -189,6 +234,7 @@ class _Store:
         *,
         rows: list[chunks.RawRow] | None = None,
         span: tuple[int, int] | None = None,
+        repeated: list[int] | None = None,
     ) -> bool:
         """Add the next chunk: its rows, or its byte range. True when the run was cancelled."""
         index, self.index = self.index, self.index + 1
@@ -205,6 +251,7 @@ class _Store:
                 "count": count,
                 "start": start,
                 "end": end,
+                "repeated": repeated or None,
             }
         )
         due = time.monotonic() - self.flushed_at >= self.FLUSH_SECONDS
@@ -221,8 +268,9 @@ class _Store:
             await session.execute(
                 text(
                     "INSERT INTO run_chunks (run_id, index, status, first_row, row_count, "
-                    "attempts, byte_start, byte_end) VALUES (:run, :index, 'pending', :first, "
-                    ":count, 0, :start, :end) ON CONFLICT DO NOTHING"
+                    "attempts, byte_start, byte_end, duplicate_rows) VALUES (:run, :index, "
+                    "'pending', :first, :count, 0, :start, :end, :repeated) "
+                    "ON CONFLICT DO NOTHING"
                 ),
                 pending,
             )
@@ -274,34 +322,57 @@ async def _split(
     batch: list[chunks.RawRow] = []
     total = 0
     cancelled = False
+
+    def marked(batch: list[chunks.RawRow]) -> list[chunks.RawRow]:
+        flags = splitter.duplicates(
+            [data if error is None else None for _, data, error, _ in batch]
+        )
+        return [
+            (n, data, error, flag) for (n, data, error, _), flag in zip(batch, flags, strict=True)
+        ]
+
     async for number, data, error in rows:
-        batch.append(splitter.row(number, data, error))
+        batch.append((number, data, error, False))
         total += 1
         if len(batch) >= size:
+            batch = marked(batch)
             cancelled = await store.chunk(batch[0][0], len(batch), total, columns, rows=batch)
             batch = []
             if cancelled:
                 break
     if batch and not cancelled:
+        batch = marked(batch)
         await store.chunk(batch[0][0], len(batch), total, columns, rows=batch)
     await store.finish(definition, total, columns, cancelled=cancelled)
 
 
-async def _split_ranges(store: _Store, definition: ImporterDefinition, table: CsvTable) -> None:
-    """A CSV file into byte-range chunks."""
-    size, columns = definition.chunk_size, table.columns
+async def _split_ranges(
+    store: _Store, definition: ImporterDefinition, splitter: Splitter, table: CsvTable
+) -> None:
+    """A CSV file into byte-range chunks, with the rows of each that repeat a key."""
+    size, columns, width = definition.chunk_size, table.columns, len(table.columns)
     start = table.position
     assert start is not None
-    first, count, total, end = 1, 0, 0, start
+    first, total, end = 1, 0, start
+    keyed: list[dict[str, Any] | None] = []  # the key cells of the chunk's rows
     cancelled = False
-    for end in table.row_ends():
-        count += 1
+
+    async def store_chunk() -> bool:
+        flags = splitter.duplicates(keyed)
+        repeated = [first + i for i, flag in enumerate(flags) if flag]
+        assert start is not None
+        span = (start, end)
+        return await store.chunk(first, len(keyed), total, columns, span=span, repeated=repeated)
+
+    for end, cells in table.row_ends():
         total += 1
-        if count >= size:
-            cancelled = await store.chunk(first, count, total, columns, span=(start, end))
-            first, count, start = first + count, 0, end
+        # A ragged row is an error row when the chunk is applied: it has no key.
+        keyed.append(splitter.key_cells(cells) if len(cells) == width else None)
+        if len(keyed) >= size:
+            cancelled = await store_chunk()
+            first, start, keyed = first + len(keyed), end, []
             if cancelled:
                 break
-    if count and not cancelled:
-        await store.chunk(first, count, total, columns, span=(start, end))
+    if keyed and not cancelled:
+        await store_chunk()
     await store.finish(definition, total, columns, cancelled=cancelled)

@@ -73,6 +73,9 @@ class Plan:
     writes: Writes = field(default_factory=dict)
     # Keys of `writes` that no record had when the chunk was planned.
     new: set[str] = field(default_factory=set)
+    # (key, row number) of rows that repeat a key and leave its record as it is: the record
+    # is marked as theirs, so that an earlier row of the run cannot overwrite it later.
+    positions: list[tuple[str, int]] = field(default_factory=list)
     touched: list[str] = field(default_factory=list)
     staged: list[ChunkRow] = field(default_factory=list)
     log: list[tuple[Any, ...]] = field(default_factory=list)
@@ -108,6 +111,7 @@ def plan_chunk(
     compare = definition.compare_field
     duplicate_message = f"Duplicate entry found for key '{', '.join(definition.key)}'."
     touch_unchanged = definition.action == "replace"
+    hold_position = not stage and strategy in ("update", "update_if_newer")
 
     for row in rows:
         status, outcome, errors, key = "success", None, row.errors, row.key
@@ -124,7 +128,10 @@ def plan_chunk(
                 key = f"{run_id}:{row.row_number}"
             assert key is not None
             known = existing.get(key)
-            if not row.duplicate and known is None:
+            # A repeated key decides the row under skip and fail; under update it only holds
+            # the record's position (below): the splitter may also mistake a few new keys
+            # for repeated ones.
+            if known is None and not (row.duplicate and strategy in ("skip", "fail")):
                 outcome = "created"
             elif strategy == "skip":
                 status, outcome = "skipped", "skipped"
@@ -141,6 +148,8 @@ def plan_chunk(
             else:
                 outcome = "updated"
 
+            if outcome == "unchanged" and row.duplicate and hold_position:
+                plan.positions.append((key, row.row_number))
             if outcome in ("created", "updated"):
                 if stage:
                     outcome = "staged"
@@ -283,7 +292,8 @@ async def apply_chunk(
     async with unit_of_work(factory) as session:
         conn = await raw_connection(session)
         chunk = await conn.fetchrow(
-            "SELECT status, first_row, row_count, byte_start, byte_end FROM run_chunks "
+            "SELECT status, first_row, row_count, byte_start, byte_end, duplicate_rows "
+            "FROM run_chunks "
             "WHERE run_id = $1 AND index = $2 FOR UPDATE",
             run_id,
             index,
@@ -329,7 +339,10 @@ def read_chunk(
     with open_csv(path) as table:  # the codec and delimiter, as the splitter found them
         part = CsvSlice(table.codec, table.delimiter, chunk["byte_start"], chunk["byte_end"])
     rows = enumerate(read_slice(path, run["columns"], part), start=chunk["first_row"])
-    raws: list[RawRow] = [(number, data, error, False) for number, (data, error) in rows]
+    repeated = frozenset(chunk["duplicate_rows"] or ())
+    raws: list[RawRow] = [
+        (number, data, error, number in repeated) for number, (data, error) in rows
+    ]
     if len(raws) != chunk["row_count"]:
         raise ReadError(f"The input file changed: chunk {index} no longer has its rows.")
     return raws
@@ -381,6 +394,17 @@ async def _apply(
         await write_records(
             conn, definition.collection, run["source_id"], run_id, plan.writes, plan.new
         )
+        if plan.positions:
+            await conn.execute(
+                "UPDATE records r SET last_run_id = $1, last_row_number = t.row_number "
+                "FROM unnest($3::text[], $4::int[]) AS t(key, row_number) "
+                "WHERE r.collection = $2 AND r.key = t.key "
+                "AND (r.last_run_id IS DISTINCT FROM $1 OR r.last_row_number < t.row_number)",
+                run_id,
+                definition.collection,
+                [key for key, _ in plan.positions],
+                [number for _, number in plan.positions],
+            )
         if plan.touched:
             await conn.execute(
                 "UPDATE records SET last_run_id = $1 WHERE collection = $2 "
@@ -473,7 +497,8 @@ async def fail_chunk(
     async with unit_of_work(factory) as session:
         conn = await raw_connection(session)
         chunk = await conn.fetchrow(
-            "SELECT c.status, c.first_row, c.row_count, c.byte_start, c.byte_end, r.columns, "
+            "SELECT c.status, c.first_row, c.row_count, c.byte_start, c.byte_end, "
+            "c.duplicate_rows, r.columns, "
             "r.file_key, i.definition FROM run_chunks c "
             "JOIN runs r ON r.id = c.run_id JOIN importers i ON i.id = r.importer_id "
             "WHERE c.run_id = $1 AND c.index = $2 FOR UPDATE OF c",

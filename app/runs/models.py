@@ -1,8 +1,8 @@
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Sequence, String, Text, text
-from sqlalchemy.dialects.postgresql import JSON, JSONB
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, Sequence, String, Text, text
+from sqlalchemy.dialects.postgresql import ARRAY, JSON, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.db import Base, TimestampMixin
@@ -75,6 +75,8 @@ class RunChunk(Base):
     row_count: Mapped[int]
     byte_start: Mapped[int | None] = mapped_column(BigInteger)
     byte_end: Mapped[int | None] = mapped_column(BigInteger)
+    # Rows of a byte-range chunk whose key an earlier row of the run had.
+    duplicate_rows: Mapped[list[int] | None] = mapped_column(ARRAY(Integer))
     attempts: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
     applied_at: Mapped[datetime | None]

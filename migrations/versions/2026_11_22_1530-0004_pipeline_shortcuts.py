@@ -6,6 +6,7 @@ validated: the same cells under the same definition always give the same typed d
 
 run_chunks.byte_start/byte_end: a CSV chunk is a byte range of the uploaded file, parsed by
 the chunk job itself, instead of rows copied into a payload file by the (sequential) splitter.
+run_chunks.duplicate_rows: the rows of such a chunk whose key an earlier row of the run had.
 
 Revision ID: 0004
 Revises: 0003
@@ -26,9 +27,13 @@ def upgrade() -> None:
     op.add_column("records", sa.Column("input_hash", sa.String(length=32), nullable=True))
     op.add_column("run_chunks", sa.Column("byte_start", sa.BigInteger(), nullable=True))
     op.add_column("run_chunks", sa.Column("byte_end", sa.BigInteger(), nullable=True))
+    op.add_column(
+        "run_chunks", sa.Column("duplicate_rows", sa.ARRAY(sa.Integer()), nullable=True)
+    )
 
 
 def downgrade() -> None:
+    op.drop_column("run_chunks", "duplicate_rows")
     op.drop_column("run_chunks", "byte_end")
     op.drop_column("run_chunks", "byte_start")
     op.drop_column("records", "input_hash")

@@ -130,9 +130,9 @@ class CsvTable:
         except UnicodeDecodeError as exc:
             raise _decode_error(self._codec, reader.line_num) from exc
 
-    def row_ends(self) -> Iterator[int]:
-        """The byte offset where each data row (as `rows()` counts them) ends, for a table
-        read as bytes: the split of a file into byte ranges, without building its rows."""
+    def row_ends(self) -> Iterator[tuple[int, list[str]]]:
+        """Each data row (as `rows()` counts them) as its cells and the byte offset where it
+        ends, for a table read as bytes: the split of a file into byte ranges."""
         assert self._lines is not None
         lines, reader, width = self._lines, self._reader, len(self.columns)
         try:
@@ -141,7 +141,7 @@ class CsvTable:
                     if not any(cell.strip() for cell in row):
                         continue  # blank line
                     _ragged(self.columns, row)  # a row too wide fails the run here too
-                yield lines.position
+                yield lines.position, row
         except csv.Error as exc:
             raise _csv_error(exc, reader.line_num, self._max_field_bytes) from exc
         except UnicodeDecodeError as exc:
