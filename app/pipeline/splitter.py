@@ -43,11 +43,12 @@ class _SeenExactly:
     def __init__(self) -> None:
         self._seen: set[int] = set()
 
-    def add(self, key: str) -> bool:
-        """Remember `key`; True when it was met before."""
-        digest = hash(key)
-        met = digest in self._seen
-        self._seen.add(digest)
+    def add_all(self, keys: list[str]) -> list[bool]:
+        """Remember `keys`; per key, whether it was met before."""
+        seen, met = self._seen, []
+        for digest in map(hash, keys):
+            met.append(digest in seen)
+            seen.add(digest)
         return met
 
 
@@ -56,17 +57,19 @@ class _SeenProbably:
     new key for a repeated one (about 1% of keys at 1M keys), never the reverse: right for
     `update`, where a repeated key only costs its later row a write."""
 
-    BITS = 1 << 27
+    MASK = (1 << 27) - 1
 
     def __init__(self) -> None:
-        self._bits = bytearray(self.BITS >> 3)
+        self._bits = bytearray((self.MASK + 1) >> 3)
 
-    def add(self, key: str) -> bool:
-        slot = hash(key) & (self.BITS - 1)
-        byte, bit = slot >> 3, 1 << (slot & 7)
-        met = self._bits[byte] & bit
-        self._bits[byte] |= bit
-        return bool(met)
+    def add_all(self, keys: list[str]) -> list[bool]:
+        bits, mask, met = self._bits, self.MASK, []
+        for slot in map(hash, keys):
+            slot &= mask
+            byte, bit = slot >> 3, 1 << (slot & 7)
+            met.append(bool(bits[byte] & bit))
+            bits[byte] |= bit
+        return met
 
 
 class Splitter:
@@ -82,7 +85,7 @@ class Splitter:
         plan = plan_columns(definition, columns)  # a missing key column fails the run now
         self.key_validator: RowValidator | None = None
         self.seen: _SeenExactly | _SeenProbably | None = None
-        self.key_positions: list[tuple[str, int]] = []
+        self.key_positions: list[int] = []  # of the key fields' columns, in the key's order
         if definition.action != "append":
             key_fields = {name: definition.fields[name] for name in definition.key}
             self.key_validator = RowValidator(
@@ -90,29 +93,30 @@ class Splitter:
             )
             exact = definition.on_duplicate in ("skip", "fail")
             self.seen = _SeenExactly() if exact else _SeenProbably()
-            key_columns = {plan.sources[name] for name in definition.key}
             self.key_positions = [
-                (column, position)
-                for position, column in enumerate(columns)
-                if column in key_columns
+                columns.index(column) for column in self.key_validator.key_columns
             ]
 
     def duplicates(self, originals: list[dict[str, Any] | None]) -> list[bool]:
         """Per row (None for one that cannot be read), whether an earlier row had its key."""
-        if self.key_validator is None or self.seen is None:
+        if self.key_validator is None:
             return [False] * len(originals)
         readable = [original for original in originals if original is not None]
-        keys = iter(self.key_validator.keys_many(readable))
-        add = self.seen.add
-        flags = []
-        for original in originals:
-            key = next(keys) if original is not None else None
-            flags.append(key is not None and add(key))
-        return flags
+        return self._mark(originals, self.key_validator.keys_many(readable))
 
-    def key_cells(self, cells: list[str]) -> dict[str, Any]:
-        """The key columns of a CSV row given as its cells."""
-        return {column: cells[position] for column, position in self.key_positions}
+    def duplicates_of(self, cells: list[list[str] | None]) -> list[bool]:
+        """`duplicates` of CSV rows given as their cells (None for a ragged row)."""
+        if self.key_validator is None:
+            return [False] * len(cells)
+        readable = [row for row in cells if row is not None]
+        by_key = [[row[i] for row in readable] for i in self.key_positions]
+        return self._mark(cells, self.key_validator.keys_of(by_key))
+
+    def _mark(self, rows: list[Any], keys: list[str | None]) -> list[bool]:
+        assert self.seen is not None
+        met = iter(self.seen.add_all([key for key in keys if key is not None]))
+        present = iter(keys)
+        return [row is not None and next(present) is not None and next(met) for row in rows]
 
 
 def _numbered(rows: Iterator[tuple[dict[str, Any], str | None]]) -> Iterator[InputRow]:
@@ -354,11 +358,11 @@ async def _split_ranges(
     start = table.position
     assert start is not None
     first, total, end = 1, 0, start
-    keyed: list[dict[str, Any] | None] = []  # the key cells of the chunk's rows
+    keyed: list[list[str] | None] = []  # the chunk's rows (None for a ragged one)
     cancelled = False
 
     async def store_chunk() -> bool:
-        flags = splitter.duplicates(keyed)
+        flags = splitter.duplicates_of(keyed)
         repeated = [first + i for i, flag in enumerate(flags) if flag]
         assert start is not None
         span = (start, end)
@@ -367,7 +371,7 @@ async def _split_ranges(
     for end, cells in table.row_ends():
         total += 1
         # A ragged row is an error row when the chunk is applied: it has no key.
-        keyed.append(splitter.key_cells(cells) if len(cells) == width else None)
+        keyed.append(cells if len(cells) == width else None)
         if len(keyed) >= size:
             cancelled = await store_chunk()
             first, start, keyed = first + len(keyed), end, []

@@ -460,6 +460,14 @@ def _same(text: str) -> Any:
     return text
 
 
+# A plain cell of each type.
+_STAND_INS = {
+    "string": "",
+    "integer": "0",
+    "number": "0",
+    "date": "2000-01-01",
+    "email": "a@example.com",
+}
 # The plain shape of each type's cells, and their conversion (which may raise ValueError).
 # A string has no shape: any text is one. int64 always holds 18 digits.
 _SHAPES: dict[str, tuple[str | None, Callable[[str], Any]]] = {
@@ -484,24 +492,34 @@ def _compile_batch(spec: FieldSpec, convert: Parser, finish: Check | None) -> Ba
     if kind == "string" and "" in spec.null_if:
         return per_cell  # blank strings become null: the per-cell path decides
     shape, fast = _SHAPES[kind]
+    stand_in = _STAND_INS[kind]
     cell_match = re.compile(shape).fullmatch if shape else None
     column_match = re.compile(f"(?:{shape})(?:\x00(?:{shape}))*").fullmatch if shape else None
     nulls = frozenset(spec.null_if)
     transforms = tuple(_TRANSFORMS[transform] for transform in spec.transform)
 
     def mixed(cells: list[str], text: list[str]) -> list[Any]:
-        values = []
-        for raw, cell in zip(cells, text, strict=True):
+        """Some cells are not plain: they alone take the per-cell path."""
+        odd = [
+            i
+            for i, (raw, cell, plain) in enumerate(
+                zip(cells, text, map(cell_match, text) if cell_match else text, strict=True)
+            )
             # A quote may start a formula escape, which the per-cell path strips.
-            if "'" in raw or cell in nulls or (cell_match is not None and not cell_match(cell)):
-                values.append(convert(raw))
-                continue
-            try:
-                value = fast(cell)
-            except ValueError:
-                values.append(convert(raw))
-                continue
-            values.append(value if finish is None else finish(value))
+            if not plain or "'" in raw or cell in nulls
+        ]
+        if odd:
+            text = list(text)
+            for i in odd:
+                text[i] = stand_in  # a plain cell in its place, converted then replaced
+        try:
+            values = list(map(fast, text))
+        except ValueError:  # a date of the right shape that does not exist
+            return per_cell(cells)
+        if finish is not None:
+            values = list(map(finish, values))
+        for i in odd:
+            values[i] = convert(cells[i])
         return values
 
     def batch(cells: list[Any]) -> list[Any]:
@@ -666,7 +684,21 @@ class RowValidator:
         invalid): what `validate` gives a row that is valid."""
         if self._key is None:
             return [None] * len(rows)
-        columns = [batch([row.get(column) for row in rows]) for column, batch in self._key_batches]
+        cells = [[row.get(column) for row in rows] for column, _ in self._key_batches]
+        return self.keys_of(cells)
+
+    @property
+    def key_columns(self) -> list[str]:
+        """The input columns of the key fields, in the key's order."""
+        return [column for column, _ in self._key_batches]
+
+    def keys_of(self, cells: list[list[Any]]) -> list[str | None]:
+        """`keys_many` of rows given as the cells of `key_columns`, a list per column."""
+        if self._key is None:
+            return [None] * len(cells[0]) if cells else []
+        columns = [
+            batch(column) for (_, batch), column in zip(self._key_batches, cells, strict=True)
+        ]
         if len(columns) == 1:
             return [None if type(value) is _Failed else _key_text(value) for value in columns[0]]
         return [
