@@ -1,15 +1,17 @@
 """Turn a chunk's raw rows into validated rows, skipping the rows known to be unchanged.
 
 Every row gets an *input hash*: the MD5 of its mapped cells (in field order) salted with the
-importer definition. Records keep the input hash of the row that wrote them, so a row sent
+importer definition and the fields the file has. Records keep the input hash of the row that
+wrote them, so a row sent
 again with the same cells under the same definition is unchanged without being validated,
 canonicalised or written: the same cells under the same definition always give the same typed
 data. Only its key is computed, from the key fields alone, to find its record.
 
 The shortcut applies where an existing record leads to a content comparison, i.e. for
 ``on_duplicate`` update and update_if_newer (skip and fail decide on the key alone), and only
-to a key that one row of the chunk has: with two, the earlier row may change the record before
-the later one is compared.
+to a key that one row of the chunk has (with two, the earlier row may change the record before
+the later one is compared) and that no earlier row of the run had (such a row must mark the
+record as its own; see the splitter).
 """
 
 import hashlib
