@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from app.auth.commands import token_app
-from app.core.config import get_settings
+from app.core.config import Settings, get_settings
 from app.runs.commands import register as register_run_commands
 
 cli = typer.Typer(
@@ -24,6 +24,17 @@ cli = typer.Typer(
 cli.add_typer(token_app, name="token", help="Create, list and revoke service tokens.")
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def settings_with_servers() -> Settings:
+    """The settings, or a one-line error when the database or Redis URL is not set."""
+    settings = get_settings()
+    try:
+        settings.require_database_url()
+        settings.require_redis_url()
+    except RuntimeError as exc:
+        raise fail(str(exc)) from None
+    return settings
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -41,12 +52,7 @@ def serve(
     """Run the HTTP API."""
     import uvicorn
 
-    settings = get_settings()
-    try:
-        settings.require_database_url()
-        settings.require_redis_url()
-    except RuntimeError as exc:
-        raise fail(str(exc)) from None
+    settings = settings_with_servers()
     uvicorn.run(
         "app.main:create_app",
         factory=True,
@@ -64,12 +70,7 @@ def worker(
     """Run an arq worker (chunks, splitting, schedules, the reconciler)."""
     from app.worker.settings import run_worker
 
-    settings = get_settings()
-    try:
-        settings.require_database_url()
-        settings.require_redis_url()
-    except RuntimeError as exc:
-        raise fail(str(exc)) from None
+    settings = settings_with_servers()
     run_worker(settings, burst=burst)
 
 

@@ -460,22 +460,14 @@ def _same(text: str) -> Any:
     return text
 
 
-# A plain cell of each type.
-_STAND_INS = {
-    "string": "",
-    "integer": "0",
-    "number": "0",
-    "date": "2000-01-01",
-    "email": "a@example.com",
-}
-# The plain shape of each type's cells, and their conversion (which may raise ValueError).
-# A string has no shape: any text is one. int64 always holds 18 digits.
-_SHAPES: dict[str, tuple[str | None, Callable[[str], Any]]] = {
-    "string": (None, _same),
-    "integer": (r"[+-]?[0-9]{1,18}", int),
-    "number": (r"[+-]?[0-9]{1,18}(?:\.[0-9]{1,18})?", _decimal),
-    "date": (r"[0-9]{4}-[0-9]{2}-[0-9]{2}", _iso_date),
-    "email": (_ASCII_EMAIL.pattern, _same),
+# Per type: the plain shape of its cells, their conversion (which may raise ValueError), and
+# a plain cell. A string has no shape: any text is one. int64 always holds 18 digits.
+_SHAPES: dict[str, tuple[str | None, Callable[[str], Any], str]] = {
+    "string": (None, _same, ""),
+    "integer": (r"[+-]?[0-9]{1,18}", int, "0"),
+    "number": (r"[+-]?[0-9]{1,18}(?:\.[0-9]{1,18})?", _decimal, "0"),
+    "date": (r"[0-9]{4}-[0-9]{2}-[0-9]{2}", _iso_date, "2000-01-01"),
+    "email": (_ASCII_EMAIL.pattern, _same, "a@example.com"),
 }
 
 
@@ -491,8 +483,7 @@ def _compile_batch(spec: FieldSpec, convert: Parser, finish: Check | None) -> Ba
         return per_cell
     if kind == "string" and "" in spec.null_if:
         return per_cell  # blank strings become null: the per-cell path decides
-    shape, fast = _SHAPES[kind]
-    stand_in = _STAND_INS[kind]
+    shape, fast, stand_in = _SHAPES[kind]
     cell_match = re.compile(shape).fullmatch if shape else None
     column_match = re.compile(f"(?:{shape})(?:\x00(?:{shape}))*").fullmatch if shape else None
     nulls = frozenset(spec.null_if)

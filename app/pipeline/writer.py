@@ -29,7 +29,7 @@ from app.pipeline.chunks import (
 )
 from app.pipeline.prepare import ChunkValidator, Known
 from app.pipeline.readers import ReadError
-from app.pipeline.readers.csv_reader import CsvSlice, open_csv, read_slice
+from app.pipeline.readers.csv_reader import read_slice, slice_of
 
 UPSERT_RECORDS = """
 INSERT INTO records AS r (collection, key, data, content_hash, input_hash, source_id,
@@ -277,6 +277,9 @@ async def upsert_records(
     )
 
 
+# What applying or failing a chunk needs of its ledger row (aliased `c`).
+CHUNK_COLUMNS = "c.status, c.first_row, c.row_count, c.byte_start, c.byte_end, c.duplicate_rows"
+
 RUN_CONTEXT = (
     "SELECT r.status, r.cancel_requested, r.dry_run, r.columns, r.file_key, "
     "coalesce(r.source_id, i.source_id) AS source_id, i.id AS importer_id, i.updated_at, "
@@ -292,9 +295,8 @@ async def apply_chunk(
     async with unit_of_work(factory) as session:
         conn = await raw_connection(session)
         chunk = await conn.fetchrow(
-            "SELECT status, first_row, row_count, byte_start, byte_end, duplicate_rows "
-            "FROM run_chunks "
-            "WHERE run_id = $1 AND index = $2 FOR UPDATE",
+            f"SELECT {CHUNK_COLUMNS} FROM run_chunks c "
+            "WHERE c.run_id = $1 AND c.index = $2 FOR UPDATE",
             run_id,
             index,
         )
@@ -325,20 +327,26 @@ async def _apply_pending(
         await _close_chunk(conn, run_id, index, "cancelled")
         await _count(conn, run_id, Plan())
         return await lifecycle.maybe_finalize(session, run_id, definition)
-    raws = read_chunk(storage_dir, run, chunk, run_id, index)
+    raws = read_chunk(storage_dir, chunk, run_id, index, run["file_key"], run["columns"])
     return await _apply(session, conn, raws, definition, run_id, index, run)
 
 
 def read_chunk(
-    storage_dir: Path, run: asyncpg.Record, chunk: asyncpg.Record, run_id: int, index: int
+    storage_dir: Path,
+    chunk: asyncpg.Record,
+    run_id: int,
+    index: int,
+    file_key: str | None,
+    columns: list[str],
 ) -> list[RawRow]:
-    """A chunk's raw rows: its byte range of the CSV input, parsed here, or its payload."""
+    """A chunk's raw rows (`chunk` has CHUNK_COLUMNS): its byte range of the run's CSV input,
+    parsed here, or its payload."""
     if chunk["byte_start"] is None:
         return read_payload(payload_path(storage_dir, run_id, index))
-    path = path_for(storage_dir, run["file_key"])
-    with open_csv(path) as table:  # the codec and delimiter, as the splitter found them
-        part = CsvSlice(table.codec, table.delimiter, chunk["byte_start"], chunk["byte_end"])
-    rows = enumerate(read_slice(path, run["columns"], part), start=chunk["first_row"])
+    assert file_key is not None  # byte ranges are cut from an input file
+    path = path_for(storage_dir, file_key)
+    part = slice_of(path, chunk["byte_start"], chunk["byte_end"])
+    rows = enumerate(read_slice(path, columns, part), start=chunk["first_row"])
     repeated = frozenset(chunk["duplicate_rows"] or ())
     raws: list[RawRow] = [
         (number, data, error, number in repeated) for number, (data, error) in rows
@@ -497,9 +505,7 @@ async def fail_chunk(
     async with unit_of_work(factory) as session:
         conn = await raw_connection(session)
         chunk = await conn.fetchrow(
-            "SELECT c.status, c.first_row, c.row_count, c.byte_start, c.byte_end, "
-            "c.duplicate_rows, r.columns, "
-            "r.file_key, i.definition FROM run_chunks c "
+            f"SELECT {CHUNK_COLUMNS}, r.columns, r.file_key, i.definition FROM run_chunks c "
             "JOIN runs r ON r.id = c.run_id JOIN importers i ON i.id = r.importer_id "
             "WHERE c.run_id = $1 AND c.index = $2 FOR UPDATE OF c",
             run_id,
@@ -511,7 +517,9 @@ async def fail_chunk(
         plan = Plan()
         errors = _json({"message": f"The row could not be written: {reason}"[:1000]})
         try:
-            rows = read_chunk(storage_dir, chunk, chunk, run_id, index)
+            rows = read_chunk(
+                storage_dir, chunk, run_id, index, chunk["file_key"], chunk["columns"]
+            )
         except (OSError, ValueError, ReadError):
             rows = []  # the rows themselves are lost: count them failed, log none
             plan.failed = chunk["row_count"]

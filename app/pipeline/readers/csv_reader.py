@@ -11,6 +11,7 @@ the byte offset where each row ends: a run's chunks are then byte ranges of the 
 from __future__ import annotations
 
 import csv
+import functools
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -167,6 +168,21 @@ def open_csv(path: Path, *, max_field_bytes: int = 1_048_576) -> Iterator[CsvTab
         reader = csv.reader(lines, delimiter=delimiter)
         table = CsvTable([], reader, codec, max_field_bytes, lines, delimiter)
         yield _with_header(table, max_field_bytes)
+
+
+def slice_of(path: Path, start: int, end: int) -> CsvSlice:
+    """The byte range [start, end) of a CSV file, with the codec and delimiter its split
+    found: sniffed once per file and process, not once per chunk."""
+    stat = path.stat()
+    codec, delimiter = _layout(str(path), stat.st_size, stat.st_mtime_ns)
+    return CsvSlice(codec, delimiter, start, end)
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(path: str, size: int, mtime_ns: int) -> tuple[str, str]:
+    # The size and time are part of the key only so that a changed file is read again.
+    with open_csv(Path(path)) as table:
+        return table.codec, table.delimiter
 
 
 def read_slice(
