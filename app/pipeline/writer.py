@@ -1,10 +1,16 @@
 """Apply one chunk: decide each row's outcome, write records and the row log, count — in one
 transaction that also marks the chunk done, so a chunk delivered twice is applied once.
 
-Writes go through asyncpg directly: records as one ``INSERT ... SELECT FROM unnest(...)
-ON CONFLICT`` statement, the row log by binary ``COPY``. No per-row round trips.
+Writes go through asyncpg directly: new records and the row log by binary ``COPY``, other
+records as one ``INSERT ... SELECT FROM unnest(...) ON CONFLICT`` statement. No per-row round
+trips.
+
+The row log keeps a copy of a row's original data only when the row failed or the chunk is not
+a byte range of the run's input file: other rows are read back from that file when shown
+(``originals_of``), which stays as long as the row log does (``ingest prune`` removes both).
 """
 
+import contextlib
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -104,8 +110,10 @@ def plan_chunk(
     run_id: int,
     stage: bool,
     log_all: bool,
+    copy_originals: bool = True,
 ) -> Plan:
-    """Decide every row's outcome, in row order, as if rows were applied one by one."""
+    """Decide every row's outcome, in row order, as if rows were applied one by one.
+    `copy_originals` False: only failed rows keep their original data in the row log."""
     plan = Plan()
     strategy = definition.on_duplicate
     compare = definition.compare_field
@@ -180,7 +188,7 @@ def plan_chunk(
                     status,
                     outcome,
                     key,
-                    _json(row.original),
+                    _json(row.original) if copy_originals or status == "failed" else None,
                     _json(errors) if errors else None,
                 )
             )
@@ -328,7 +336,8 @@ async def _apply_pending(
         await _count(conn, run_id, Plan())
         return await lifecycle.maybe_finalize(session, run_id, definition)
     raws = read_chunk(storage_dir, chunk, run_id, index, run["file_key"], run["columns"])
-    return await _apply(session, conn, raws, definition, run_id, index, run)
+    in_file = chunk["byte_start"] is not None
+    return await _apply(session, conn, raws, definition, run_id, index, run, in_file)
 
 
 def read_chunk(
@@ -354,6 +363,32 @@ def read_chunk(
     if len(raws) != chunk["row_count"]:
         raise ReadError(f"The input file changed: chunk {index} no longer has its rows.")
     return raws
+
+
+def originals_of(
+    storage_dir: Path,
+    file_key: str,
+    columns: list[str],
+    spans: Sequence[tuple[int, int, int, int]],
+    numbers: set[int],
+) -> dict[int, dict[str, Any]]:
+    """The original data of rows `numbers` of a run, read back from its input file: `spans`
+    are the (first_row, row_count, byte_start, byte_end) of the byte-range chunks that hold
+    them. Raises OSError when the file is gone."""
+    path = path_for(storage_dir, file_key)
+    found: dict[int, dict[str, Any]] = {}
+    for first, count, start, end in spans:
+        wanted = {number for number in numbers if first <= number < first + count}
+        if not wanted:
+            continue
+        last = max(wanted)
+        with contextlib.closing(read_slice(path, columns, slice_of(path, start, end))) as rows:
+            for number, (data, _) in enumerate(rows, start=first):
+                if number in wanted:
+                    found[number] = data
+                if number >= last:
+                    break
+    return found
 
 
 # Parsed definitions and compiled validators, reused across a run's chunks: both are
@@ -396,8 +431,9 @@ async def _apply(
     run_id: int,
     index: int,
     run: asyncpg.Record,
+    in_file: bool,
 ) -> bool:
-    plan = await _plan(conn, raws, definition, run_id, run)
+    plan = await _plan(conn, raws, definition, run_id, run, in_file)
     if not run["dry_run"]:
         await write_records(
             conn, definition.collection, run["source_id"], run_id, plan.writes, plan.new
@@ -444,6 +480,7 @@ async def _plan(
     definition: ImporterDefinition,
     run_id: int,
     run: asyncpg.Record,
+    in_file: bool,
 ) -> Plan:
     validator = _validator(definition, run_id, run["columns"])
     # Existing records first, by the keys computed from key fields alone: rows whose input
@@ -458,7 +495,15 @@ async def _plan(
     stage = definition.approval == "manual" or run["approval_mode"] == "manual"
     # A dry run logs every row: its row log *is* the report of what would happen.
     log_all = definition.log_rows == "all" or run["dry_run"]
-    return plan_chunk(rows, definition, existing, run_id=run_id, stage=stage, log_all=log_all)
+    return plan_chunk(
+        rows,
+        definition,
+        existing,
+        run_id=run_id,
+        stage=stage,
+        log_all=log_all,
+        copy_originals=not in_file,
+    )
 
 
 async def _close_chunk(conn: asyncpg.Connection, run_id: int, index: int, status: str) -> None:

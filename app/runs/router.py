@@ -84,7 +84,8 @@ async def show_run(
 ) -> dict[str, Any]:
     """Show a run with its progress, summary and first rows."""
     found = await service.get_run(session, run, source_id=principal.source_id)
-    rows = await service.first_rows(session, found.id, settings.max_show_rows)
+    limit, storage = settings.max_show_rows, settings.storage_dir
+    rows = await service.first_rows(session, found, limit, storage)
     return {"data": service.to_resource(found, rows)}
 
 
@@ -95,12 +96,15 @@ async def list_rows(
     session: SessionDep,
     params: Annotated[PageParams, Depends(page_params)],
     principal: Annotated[Principal, Depends(require(VIEW))],
+    settings: SettingsDep,
     status: Annotated[RowStatus | None, Query(description="Only rows in this status.")] = None,
 ) -> dict[str, Any]:
     """List a run's rows in row order; filter by status."""
     found = await service.get_run(session, run, source_id=principal.source_id)
     stmt = service.rows_query(found.id, status=status)
-    return await paginate(session, request, stmt, params, service.row_resource)
+    page = await paginate(session, request, stmt, params, service.row_resource)
+    await service.with_originals(session, found, page["data"], settings.storage_dir)
+    return page
 
 
 @router.post("/{run:int}/cancel", response_model=MessageOut, responses=error_responses(404, 409))

@@ -18,7 +18,7 @@ class RowOut(BaseModel):
     row_number: int
     status: str
     outcome: str | None
-    data: dict[str, Any]
+    data: dict[str, Any] | None  # null only when the run's input file was removed by hand
     errors: dict[str, Any] | None
 
 

@@ -1,11 +1,14 @@
 """Runs: creation (every front door ends here), the IngestRunResource shape, and what
 operators do with runs (list, show, cancel, retry, error summary, failed-rows export, prune)."""
 
+import asyncio
 import csv
+import functools
 import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Select, delete, exists, func, or_, select, text, update
@@ -19,6 +22,8 @@ from app.importers.models import Importer
 from app.importers.schemas import ImporterDefinition
 from app.pipeline.lifecycle import empty_summary
 from app.pipeline.mapping import MissingColumns, plan_columns
+from app.pipeline.readers import ReadError
+from app.pipeline.writer import originals_of
 from app.runs.models import FINISHED_STATUSES, Run, RunChunk, RunRow
 
 
@@ -181,11 +186,44 @@ def row_resource(row: RunRow) -> dict[str, Any]:
     }
 
 
-async def first_rows(session: AsyncSession, run_id: int, limit: int) -> list[dict[str, Any]]:
+async def first_rows(
+    session: AsyncSession, run: Run, limit: int, storage_dir: Path
+) -> list[dict[str, Any]]:
     if limit <= 0:
         return []
-    rows = (await session.scalars(rows_query(run_id).limit(limit))).all()
-    return [row_resource(row) for row in rows]
+    rows = (await session.scalars(rows_query(run.id).limit(limit))).all()
+    return await with_originals(session, run, [row_resource(row) for row in rows], storage_dir)
+
+
+async def with_originals(
+    session: AsyncSession, run: Run, rows: list[dict[str, Any]], storage_dir: Path
+) -> list[dict[str, Any]]:
+    """Row resources with the data the row log keeps no copy of (rows of CSV chunks that did
+    not fail) read back from the run's input file. It stays null if the file was removed."""
+    numbers = {row["row_number"] for row in rows if row["data"] is None}
+    if not numbers or run.file_key is None:
+        return rows
+    spans = (
+        await session.execute(
+            text(
+                "SELECT first_row, row_count, byte_start, byte_end FROM run_chunks "
+                "WHERE run_id = :id AND byte_start IS NOT NULL "
+                "AND first_row <= :last AND first_row + row_count > :first ORDER BY first_row"
+            ),
+            {"id": run.id, "first": min(numbers), "last": max(numbers)},
+        )
+    ).all()
+    read = functools.partial(
+        originals_of, storage_dir, run.file_key, list(run.columns or []), spans, numbers
+    )
+    try:
+        found = await asyncio.to_thread(read)  # parsing is CPU work: off the event loop
+    except (OSError, ValueError, ReadError):
+        return rows
+    for row in rows:
+        if row["data"] is None:
+            row["data"] = found.get(row["row_number"])
+    return rows
 
 
 async def cancel_run(session: AsyncSession, run: Run) -> str:

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
 from app.core.db import unit_of_work
+from app.core.storage import path_for
 from app.main import create_app
 from app.pipeline import splitter
 from tests.conftest import CreateImporter, MakeToken, RunWorker, Upload
@@ -259,6 +260,73 @@ async def test_rows_are_paginated_in_row_order_and_filter_by_status(
     }
     success = await client.get(url, params={"status": "success"}, headers=admin_headers)
     assert [r["row_number"] for r in success.json()["data"]] == [1, 4]
+
+
+async def test_rows_that_did_not_fail_are_read_back_from_the_input_file(
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    create_importer: CreateImporter,
+    import_csv: ImportCsv,
+    session_factory: async_sessionmaker[AsyncSession],
+    settings: Settings,
+) -> None:
+    # Chunks of 2 rows, a quoted newline, a ragged row and a skipped repeat: the row log
+    # copies failed rows only, and the API reads the others back from the file.
+    await create_importer(key=["email"], fields=USER_FIELDS, on_duplicate="skip", chunk_size=2)
+    content = (
+        "Email,Name,Age,Note\n"
+        'ada@example.com,Ada,36,"two\nlines"\n'
+        "bob@example.com,Bob,x,\n"
+        "cy@example.com,Cy,31\n"
+        "ada@example.com,Ada,37,again\n"
+        "dan@example.com,Dan,40,last\n"
+    )
+    run_id = await import_csv(content)
+    logged = await sql(
+        session_factory,
+        "SELECT row_number, status, data IS NOT NULL FROM run_rows WHERE run_id = :id "
+        "ORDER BY row_number",
+        id=run_id,
+    )
+    assert [tuple(row) for row in logged] == [
+        (1, "success", False),
+        (2, "failed", True),
+        (3, "failed", True),
+        (4, "skipped", False),
+        (5, "success", False),
+    ]
+    originals = {
+        1: {"Email": "ada@example.com", "Name": "Ada", "Age": "36", "Note": "two\nlines"},
+        2: {"Email": "bob@example.com", "Name": "Bob", "Age": "x", "Note": ""},
+        3: {"Email": "cy@example.com", "Name": "Cy", "Age": "31"},
+        4: {"Email": "ada@example.com", "Name": "Ada", "Age": "37", "Note": "again"},
+        5: {"Email": "dan@example.com", "Name": "Dan", "Age": "40", "Note": "last"},
+    }
+
+    shown = (await client.get(f"{API}/{run_id}", headers=admin_headers)).json()["data"]["rows"]
+    assert {row["row_number"]: row["data"] for row in shown} == originals
+    assert list(shown[0]["data"]) == ["Email", "Name", "Age", "Note"]  # the file's order
+    url = f"{API}/{run_id}/rows"
+    page = await client.get(url, params={"per_page": 2, "page": 2}, headers=admin_headers)
+    assert [row["data"] for row in page.json()["data"]] == [originals[3], originals[4]]
+    for status, numbers in (("success", [1, 5]), ("skipped", [4])):
+        response = await client.get(url, params={"status": status}, headers=admin_headers)
+        assert [row["data"] for row in response.json()["data"]] == [originals[n] for n in numbers]
+
+    # A file removed by hand: the rows the log did not copy have no data, the others do.
+    (file_key,) = (
+        await sql(session_factory, "SELECT file_key FROM runs WHERE id = :id", id=run_id)
+    )[0]
+    path_for(settings.storage_dir, file_key).unlink()
+    response = await client.get(url, headers=admin_headers)
+    assert response.status_code == 200
+    assert [row["data"] is not None for row in response.json()["data"]] == [
+        False,
+        True,
+        True,
+        False,
+        False,
+    ]
 
 
 async def test_rows_of_unknown_run_is_404_and_bad_filters_422(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import functools
 import re
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,7 +187,7 @@ def _layout(path: str, size: int, mtime_ns: int) -> tuple[str, str]:
 
 def read_slice(
     path: Path, columns: list[str], part: CsvSlice, *, max_field_bytes: int = 1_048_576
-) -> Iterator[tuple[dict[str, Any], str | None]]:
+) -> Generator[tuple[dict[str, Any], str | None], None, None]:
     """The rows of one byte range of a file whose header was read before, as `rows()` gave
     them then."""
     csv.field_size_limit(max_field_bytes)
