@@ -15,7 +15,9 @@ record as its own; see the splitter).
 """
 
 import hashlib
+import operator
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +42,10 @@ class Known:
 
 # Joins a row's cells for hashing; a row with a cell that holds it is not hashed.
 _SEPARATOR = "\x1f"
+
+
+def _single(source: str) -> Callable[[dict[str, Any]], tuple[Any]]:
+    return lambda original: (original[source],)
 
 
 def definition_salt(definition: ImporterDefinition) -> bytes:
@@ -71,20 +77,35 @@ class ChunkValidator:
         readable = [i for i, raw in enumerate(raws) if raw[2] is None]
         originals = [raws[i][1] for i in readable]
         keys = self._validator.keys_many(originals)
-        columns = [[original.get(source) for original in originals] for source in self._sources]
-        salt, separators = self._salt, len(self._sources) - 1
-        for i, key, cells in zip(readable, keys, zip(*columns, strict=True), strict=True):
-            if key is None:
-                continue
-            try:
-                text = _SEPARATOR.join(cells)
-            except TypeError:
-                # Not all text (XLSX or JSON values): a value could share its text with a
-                # string that types differently, so such rows are validated.
-                continue
-            if text.count(_SEPARATOR) == separators:  # else a cell holds the separator
+        texts = self._texts(originals)
+        salt = self._salt
+        for i, key, text in zip(readable, keys, texts, strict=True):
+            if key is not None and text is not None:
                 keyed[i] = (key, hashlib.md5(salt + text.encode()).hexdigest())
         return keyed
+
+    def _texts(self, originals: list[dict[str, Any]]) -> Sequence[str | None]:
+        """Per row, its mapped cells joined, or None when they cannot stand for the row: a
+        value that is not text (XLSX or JSON: it could share its text with a string that
+        types differently), or a cell that holds the separator."""
+        sources, separators = self._sources, len(self._sources) - 1
+        if not sources:
+            return [""] * len(originals)
+        cells = operator.itemgetter(*sources) if separators else _single(sources[0])
+        try:
+            texts: list[str] = list(map(_SEPARATOR.join, map(cells, originals)))
+        except (KeyError, TypeError):  # a JSON object without a column, or a value not text
+            return [self._text(original) for original in originals]
+        if "".join(texts).count(_SEPARATOR) == separators * len(texts):
+            return texts
+        return [text if text.count(_SEPARATOR) == separators else None for text in texts]
+
+    def _text(self, original: dict[str, Any]) -> str | None:
+        cells = [original.get(source) for source in self._sources]
+        if not all(type(cell) is str for cell in cells):
+            return None
+        text = _SEPARATOR.join(cells)
+        return text if text.count(_SEPARATOR) == len(cells) - 1 else None
 
     def validate(
         self,

@@ -1,0 +1,73 @@
+"""Input hashes (prepare.py): which rows may be found unchanged without being validated."""
+
+from typing import Any
+
+import pytest
+
+from app.importers.schemas import ImporterDefinition
+from app.pipeline.chunks import RawRow
+from app.pipeline.prepare import ChunkValidator
+
+FIELDS = {"email": {"type": "email"}, "name": {"type": "string"}, "age": {"type": "integer"}}
+COLUMNS = ["email", "name", "age", "unmapped"]
+
+
+@pytest.fixture(autouse=True)
+def clean_database() -> None:
+    """Hashing touches no database: the suite's table truncation is not needed."""
+
+
+def chunk_validator(**options: Any) -> ChunkValidator:
+    definition = ImporterDefinition.model_validate(
+        {"slug": "users", "collection": "users", "key": ["email"], "fields": FIELDS, **options}
+    )
+    return ChunkValidator(definition, COLUMNS)
+
+
+def raw(number: int, **cells: Any) -> RawRow:
+    return (number, cells, None, False)
+
+
+def test_rows_of_text_get_their_key_and_a_hash_of_their_mapped_cells() -> None:
+    keys = chunk_validator().keys(
+        [
+            raw(1, email="a@example.com", name="Ada", age="36", unmapped="x"),
+            raw(2, email="a@example.com", name="Ada", age="36", unmapped="y"),
+            raw(3, email="a@example.com", name="Ada", age="37", unmapped="x"),
+            raw(4, email="not an email", name="Bob", age="1", unmapped=""),
+        ]
+    )
+    assert keys[0] is not None and keys[0][0] == "a@example.com"
+    assert keys[1] == keys[0]  # an unmapped column is not part of the record
+    assert keys[2] is not None and keys[2][1] != keys[0][1]
+    assert keys[3] is None  # no valid key: the row is validated
+
+
+def test_a_row_that_its_cells_cannot_stand_for_is_not_hashed_and_others_still_are() -> None:
+    validator = chunk_validator()
+    plain = raw(1, email="a@example.com", name="Ada", age="36", unmapped="")
+    rows = [
+        plain,
+        # The separator inside a cell: its joined cells could equal another row's.
+        raw(2, email="b@example.com", name="B\x1fob", age="1", unmapped=""),
+        # Not text (JSON or XLSX values): 36 and "36" may type differently.
+        raw(3, email="c@example.com", name="Cy", age=36, unmapped=""),
+        # A JSON object without a column.
+        raw(4, email="d@example.com", name="Dan"),
+    ]
+    keys = validator.keys(rows)
+    assert keys[0] == validator.keys([plain])[0]
+    assert keys[0] is not None
+    assert keys[1:] == [None, None, None]
+    # All text, one cell with the separator (found a chunk at a time, then row by row).
+    assert validator.keys(rows[:2]) == keys[:2]
+
+
+def test_hashes_change_with_the_definition_and_are_not_taken_where_they_cannot_apply() -> None:
+    row = raw(1, email="a@example.com", name="Ada", age="36", unmapped="")
+    (first,) = chunk_validator().keys([row])
+    (other,) = chunk_validator(chunk_size=10).keys([row])
+    assert first is not None and other is not None and first[1] != other[1]
+    # skip and fail decide on the key alone, and append has no key to look up.
+    assert chunk_validator(on_duplicate="skip").keys([row]) == [None]
+    assert chunk_validator(action="append", key=[]).keys([row]) == [None]
