@@ -10,7 +10,6 @@ a byte range of the run's input file: other rows are read back from that file wh
 (``originals_of``), which stays as long as the row log does (``ingest prune`` removes both).
 """
 
-import contextlib
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -355,14 +354,15 @@ def read_chunk(
     assert file_key is not None  # byte ranges are cut from an input file
     path = path_for(storage_dir, file_key)
     part = slice_of(path, chunk["byte_start"], chunk["byte_end"])
-    rows = enumerate(read_slice(path, columns, part), start=chunk["first_row"])
-    repeated = frozenset(chunk["duplicate_rows"] or ())
-    raws: list[RawRow] = [
-        (number, data, error, number in repeated) for number, (data, error) in rows
-    ]
-    if len(raws) != chunk["row_count"]:
+    rows = read_slice(path, columns, part)
+    if len(rows) != chunk["row_count"]:
         raise ReadError(f"The input file changed: chunk {index} no longer has its rows.")
-    return raws
+    numbers = range(chunk["first_row"], chunk["first_row"] + len(rows))
+    repeated = frozenset(chunk["duplicate_rows"] or ())
+    return [
+        (number, data, error, number in repeated)
+        for number, (data, error) in zip(numbers, rows, strict=True)
+    ]
 
 
 def originals_of(
@@ -381,13 +381,8 @@ def originals_of(
         wanted = {number for number in numbers if first <= number < first + count}
         if not wanted:
             continue
-        last = max(wanted)
-        with contextlib.closing(read_slice(path, columns, slice_of(path, start, end))) as rows:
-            for number, (data, _) in enumerate(rows, start=first):
-                if number in wanted:
-                    found[number] = data
-                if number >= last:
-                    break
+        rows = read_slice(path, columns, slice_of(path, start, end))
+        found.update((number, rows[number - first][0]) for number in wanted)
     return found
 
 

@@ -107,7 +107,8 @@ class RunRow(Base):
     outcome: Mapped[str | None] = mapped_column(String(10))
     record_key: Mapped[str | None] = mapped_column(Text)
     # json, not jsonb: stored as sent (cheaper per row, and in the input's column order).
-    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Null for a row of a CSV chunk that did not fail: read back from the input file.
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     errors: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 

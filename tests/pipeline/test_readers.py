@@ -208,19 +208,23 @@ TRICKY_CSV = {
 
 @pytest.mark.parametrize("name", sorted(TRICKY_CSV))
 @pytest.mark.parametrize("size", [1, 2, 3])
+@pytest.mark.parametrize("whole", [True, False], ids=["read-whole", "line-by-line"])
 def test_csv_byte_range_chunks_read_exactly_the_rows_of_the_whole_file(
-    tmp_path: Path, name: str, size: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, size: int, whole: bool
 ) -> None:
     """The splitter cuts a CSV file into byte ranges at row ends; each range, parsed on its
-    own, must give the rows a single pass gives, in order, errors included."""
+    own, must give the rows a single pass gives, in order, errors included. Ranges are read
+    at once up to a size, and a line at a time above it: both ways must agree."""
+    if not whole:
+        monkeypatch.setattr(csv_reader, "_WHOLE_RANGE_BYTES", 0)
     path = write(tmp_path, "data.csv", TRICKY_CSV[name])
-    columns, whole = read(path, "csv")
+    columns, single = read(path, "csv")
     with csv_reader.open_csv(path) as table:
         start = table.position
         assert start is not None
         ends = [end for end, _ in table.row_ends()]
         codec, delimiter = table.codec, table.delimiter
-    assert len(ends) == len(whole)
+    assert len(ends) == len(single)
     pieced: Rows = []
     for first in range(0, len(ends), size):
         end = ends[min(first + size, len(ends)) - 1]
@@ -229,7 +233,7 @@ def test_csv_byte_range_chunks_read_exactly_the_rows_of_the_whole_file(
         assert len(chunk) == min(size, len(ends) - first)
         pieced.extend(chunk)
         start = end
-    assert pieced == whole
+    assert pieced == single
 
 
 def test_csv_in_utf16_is_read_as_text_without_byte_ranges(tmp_path: Path) -> None:

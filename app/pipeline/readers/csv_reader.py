@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import csv
 import functools
+import itertools
 import re
-from collections.abc import Generator, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,8 @@ _CODEC_NAMES = {
     "cp1252": "Windows-1252",
 }
 _UTF8_BOM = b"\xef\xbb\xbf"
+# A byte range up to this size is read at once, rather than a line at a time.
+_WHOLE_RANGE_BYTES = 32 * 1024 * 1024
 # A lone CR ends a line too, as in text mode with newline='' (old Mac files).
 _LONE_CR = re.compile(rb"(?<=\r)(?!\n)")
 
@@ -112,20 +115,9 @@ class CsvTable:
         return None if self._lines is None else self._lines.position
 
     def rows(self) -> Iterator[tuple[dict[str, Any], str | None]]:
-        columns = self.columns
-        width = len(columns)
         reader = self._reader
         try:
-            for row in reader:
-                if len(row) == width:
-                    yield dict(zip(columns, row, strict=True)), None
-                    continue
-                if not any(cell.strip() for cell in row):
-                    continue  # blank line
-                yield (
-                    _ragged(columns, row),
-                    f"Row has {plural(len(row), 'column')}, expected {width}.",
-                )
+            yield from _shaped(self.columns, reader)
         except csv.Error as exc:
             raise _csv_error(exc, reader.line_num, self._max_field_bytes) from exc
         except UnicodeDecodeError as exc:
@@ -187,15 +179,47 @@ def _layout(path: str, size: int, mtime_ns: int) -> tuple[str, str]:
 
 def read_slice(
     path: Path, columns: list[str], part: CsvSlice, *, max_field_bytes: int = 1_048_576
-) -> Generator[tuple[dict[str, Any], str | None], None, None]:
+) -> list[tuple[dict[str, Any], str | None]]:
     """The rows of one byte range of a file whose header was read before, as `rows()` gave
-    them then."""
+    them then. A range is one chunk, so it is read whole: when every row has the header's
+    width (the common case), rows are built without a Python step per row."""
     csv.field_size_limit(max_field_bytes)
     with path.open("rb") as raw:
         raw.seek(part.start)
-        lines = _ByteLines(raw, part.codec, part.end)
+        lines: Iterable[str]
+        if part.end - part.start <= _WHOLE_RANGE_BYTES:
+            # Split where _ByteLines splits (bytes.splitlines breaks at LF, CRLF and CR only).
+            pieces = raw.read(part.end - part.start).splitlines(keepends=True)
+            if pieces and max(map(len, pieces)) >= MAX_LINE_CHARS:
+                raise ReadError(f"A line is longer than {MAX_LINE_CHARS:,} characters.")
+            lines = map(bytes.decode, pieces, itertools.repeat(part.codec))
+        else:
+            lines = _ByteLines(raw, part.codec, part.end)
         reader = csv.reader(lines, delimiter=part.delimiter)
-        yield from CsvTable(columns, reader, part.codec, max_field_bytes, lines).rows()
+        try:
+            cells = list(reader)
+        except csv.Error as exc:
+            raise _csv_error(exc, reader.line_num, max_field_bytes) from exc
+        except UnicodeDecodeError as exc:
+            raise _decode_error(part.codec, reader.line_num) from exc
+    if cells and set(map(len, cells)) != {len(columns)}:
+        return list(_shaped(columns, cells))  # ragged or blank rows among them
+    return list(zip(map(dict, map(zip, itertools.repeat(columns), cells)), itertools.repeat(None)))
+
+
+def _shaped(
+    columns: list[str], rows: Iterable[list[str]]
+) -> Iterator[tuple[dict[str, Any], str | None]]:
+    """Parsed rows as (data, read error): a row of another width than the header's is an
+    error row, and a blank line is no row."""
+    width = len(columns)
+    for row in rows:
+        if len(row) == width:
+            yield dict(zip(columns, row, strict=True)), None
+            continue
+        if not any(cell.strip() for cell in row):
+            continue  # blank line
+        yield _ragged(columns, row), f"Row has {plural(len(row), 'column')}, expected {width}."
 
 
 def _with_header(table: CsvTable, max_field_bytes: int) -> CsvTable:
