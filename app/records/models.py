@@ -13,8 +13,9 @@ class Record(Base):
     __table_args__ = (Index("uq_records_collection_key", "collection", "key", unique=True),)
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    collection: Mapped[str] = mapped_column(String(100))
-    key: Mapped[str] = mapped_column(Text)
+    # Byte order (COLLATE "C"): keys are identifiers, and it is the cheapest order to compare.
+    collection: Mapped[str] = mapped_column(String(100, collation="C"))
+    key: Mapped[str] = mapped_column(Text(collation="C"))
     data: Mapped[dict[str, Any]] = mapped_column(JSONB)
     content_hash: Mapped[str] = mapped_column(String(32))
     # The hash of the input cells and importer definition that produced `data` (null when a

@@ -1,0 +1,34 @@
+"""Record keys and collections compare in byte order (COLLATE "C").
+
+A key is an identifier, not prose: byte order is all it needs, and it is the cheapest order
+for Postgres to compare in. Every chunk looks its keys up in the records index, and every new
+record is inserted into it; under a linguistic collation each comparison calls strcoll.
+Listing records by key now sorts in byte order.
+
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-11-22 17:00:00
+"""
+from collections.abc import Sequence
+
+from alembic import op
+
+revision: str = "0006"
+down_revision: str | None = "0005"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    # Rewrites the table and rebuilds its indexes.
+    op.execute(
+        'ALTER TABLE records ALTER COLUMN collection TYPE varchar(100) COLLATE "C", '
+        'ALTER COLUMN key TYPE text COLLATE "C"'
+    )
+
+
+def downgrade() -> None:
+    op.execute(
+        'ALTER TABLE records ALTER COLUMN collection TYPE varchar(100) COLLATE "default", '
+        'ALTER COLUMN key TYPE text COLLATE "default"'
+    )
