@@ -102,10 +102,11 @@ class ChunkValidator:
 
     def _text(self, original: dict[str, Any]) -> str | None:
         cells = [original.get(source) for source in self._sources]
-        if not all(type(cell) is str for cell in cells):
+        texts = [cell for cell in cells if type(cell) is str]
+        if len(texts) < len(cells):
             return None
-        text = _SEPARATOR.join(cells)
-        return text if text.count(_SEPARATOR) == len(cells) - 1 else None
+        text = _SEPARATOR.join(texts)
+        return text if text.count(_SEPARATOR) == len(texts) - 1 else None
 
     def validate(
         self,
