@@ -40,7 +40,7 @@ UPSERT_RECORDS = """
 INSERT INTO records AS r (collection, key, data, content_hash, input_hash, source_id,
                           last_run_id, last_row_number)
 SELECT $1, t.key, t.data, t.hash, t.input_hash, $2, $3, t.row_number
-FROM unnest($4::text[], $5::jsonb[], $6::text[], $7::int[], $8::text[])
+FROM unnest($4::text[], $5::json[], $6::text[], $7::int[], $8::text[])
     AS t(key, data, hash, row_number, input_hash)
 ON CONFLICT (collection, key) DO UPDATE
 SET data = EXCLUDED.data, content_hash = EXCLUDED.content_hash, input_hash = EXCLUDED.input_hash,

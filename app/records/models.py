@@ -1,8 +1,7 @@
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.db import Base
@@ -16,7 +15,8 @@ class Record(Base):
     # Byte order (COLLATE "C"): keys are identifiers, and it is the cheapest order to compare.
     collection: Mapped[str] = mapped_column(String(100, collation="C"))
     key: Mapped[str] = mapped_column(Text(collation="C"))
-    data: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    # json, not jsonb: canonical JSON stored as written (cheaper per write).
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
     content_hash: Mapped[str] = mapped_column(String(32))
     # The hash of the input cells and importer definition that produced `data` (null when a
     # reviewer's promotion wrote it): a row re-sent with the same one is unchanged.

@@ -1,9 +1,13 @@
-"""Record keys and collections compare in byte order (COLLATE "C").
+"""Records: keys and collections compare in byte order (COLLATE "C"), and data is json.
 
 A key is an identifier, not prose: byte order is all it needs, and it is the cheapest order
 for Postgres to compare in. Every chunk looks its keys up in the records index, and every new
 record is inserted into it; under a linguistic collation each comparison calls strcoll.
-Listing records by key now sorts in byte order.
+
+A record's data is written as canonical JSON (sorted keys, as its content hash is computed)
+and read back whole; nothing queries inside it but `->` on one field. json stores that text
+as it is; jsonb parsed it into its binary form on every write, a fifth of Postgres' work per
+record written.
 
 Revision ID: 0006
 Revises: 0005
@@ -23,12 +27,13 @@ def upgrade() -> None:
     # Rewrites the table and rebuilds its indexes.
     op.execute(
         'ALTER TABLE records ALTER COLUMN collection TYPE varchar(100) COLLATE "C", '
-        'ALTER COLUMN key TYPE text COLLATE "C"'
+        'ALTER COLUMN key TYPE text COLLATE "C", ALTER COLUMN data TYPE json USING data::json'
     )
 
 
 def downgrade() -> None:
     op.execute(
         'ALTER TABLE records ALTER COLUMN collection TYPE varchar(100) COLLATE "default", '
-        'ALTER COLUMN key TYPE text COLLATE "default"'
+        'ALTER COLUMN key TYPE text COLLATE "default", '
+        "ALTER COLUMN data TYPE jsonb USING data::jsonb"
     )
