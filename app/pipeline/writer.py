@@ -368,21 +368,26 @@ def read_chunk(
 def originals_of(
     storage_dir: Path,
     file_key: str,
+    file_size: int | None,
     columns: list[str],
     spans: Sequence[tuple[int, int, int, int]],
     numbers: set[int],
 ) -> dict[int, dict[str, Any]]:
     """The original data of rows `numbers` of a run, read back from its input file: `spans`
     are the (first_row, row_count, byte_start, byte_end) of the byte-range chunks that hold
-    them. Raises OSError when the file is gone."""
+    them. None are read from a file whose size is not the upload's (it changed); raises
+    OSError when the file is gone."""
     path = path_for(storage_dir, file_key)
+    if file_size is not None and path.stat().st_size != file_size:
+        return {}
     found: dict[int, dict[str, Any]] = {}
     for first, count, start, end in spans:
         wanted = {number for number in numbers if first <= number < first + count}
         if not wanted:
             continue
         rows = read_slice(path, columns, slice_of(path, start, end))
-        found.update((number, rows[number - first][0]) for number in wanted)
+        if len(rows) == count:
+            found.update((number, rows[number - first][0]) for number in wanted)
     return found
 
 

@@ -213,9 +213,8 @@ async def with_originals(
             {"id": run.id, "first": min(numbers), "last": max(numbers)},
         )
     ).all()
-    read = functools.partial(
-        originals_of, storage_dir, run.file_key, list(run.columns or []), spans, numbers
-    )
+    file, columns = (run.file_key, run.file_size), list(run.columns or [])
+    read = functools.partial(originals_of, storage_dir, *file, columns, spans, numbers)
     try:
         found = await asyncio.to_thread(read)  # parsing is CPU work: off the event loop
     except (OSError, ValueError, ReadError):
