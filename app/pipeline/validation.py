@@ -12,6 +12,7 @@ results are the same either way.
 """
 
 import copy
+import itertools
 import math
 import operator
 import re
@@ -707,12 +708,13 @@ class RowValidator:
             for (_, column, _), batch in zip(self._fields, self._batches, strict=True)
         ]
         failed: set[int] = set()
-        for column_values in columns:
-            failed.update(i for i, value in enumerate(column_values) if type(value) is _Failed)
+        for values in columns:
+            if _Failed in set(map(type, values)):  # most columns have no failure: no scan
+                failed.update(i for i, value in enumerate(values) if type(value) is _Failed)
+        datas = list(map(dict, map(zip, itertools.repeat(names), zip(*columns, strict=True))))
         key = self._key
         results = []
-        for i, values in enumerate(zip(*columns, strict=True)):
-            data = dict(zip(names, values, strict=True))
+        for i, data in enumerate(datas):
             if i in failed:
                 errors = {
                     name: list(value.messages)
