@@ -385,8 +385,10 @@ def originals_of(
         wanted = {number for number in numbers if first <= number < first + count}
         if not wanted:
             continue
-        rows = read_slice(path, columns, slice_of(path, start, end))
-        if len(rows) == count:
+        # Parsed up to the last row wanted: the first rows of a run are shown most.
+        limit = max(wanted) - first + 1
+        rows = read_slice(path, columns, slice_of(path, start, end), limit=limit)
+        if len(rows) == limit:  # else the range no longer holds its rows
             found.update((number, rows[number - first][0]) for number in wanted)
     return found
 

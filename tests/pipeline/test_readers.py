@@ -236,6 +236,19 @@ def test_csv_byte_range_chunks_read_exactly_the_rows_of_the_whole_file(
     assert pieced == single
 
 
+@pytest.mark.parametrize("name", sorted(TRICKY_CSV))
+def test_a_byte_range_read_up_to_a_limit_gives_its_first_rows(tmp_path: Path, name: str) -> None:
+    path = write(tmp_path, "data.csv", TRICKY_CSV[name])
+    with csv_reader.open_csv(path) as table:
+        start = table.position
+        assert start is not None
+        columns, codec, delimiter = table.columns, table.codec, table.delimiter
+    part = csv_reader.CsvSlice(codec, delimiter, start, path.stat().st_size)
+    rows = csv_reader.read_slice(path, columns, part)
+    for limit in range(1, len(rows) + 2):
+        assert csv_reader.read_slice(path, columns, part, limit=limit) == rows[:limit]
+
+
 def test_csv_in_utf16_is_read_as_text_without_byte_ranges(tmp_path: Path) -> None:
     path = write(tmp_path, "utf16.csv", "a,b\n1,2\n".encode("utf-16"))
     with csv_reader.open_csv(path) as table:

@@ -178,11 +178,17 @@ def _layout(path: str, size: int, mtime_ns: int) -> tuple[str, str]:
 
 
 def read_slice(
-    path: Path, columns: list[str], part: CsvSlice, *, max_field_bytes: int = 1_048_576
+    path: Path,
+    columns: list[str],
+    part: CsvSlice,
+    *,
+    limit: int | None = None,
+    max_field_bytes: int = 1_048_576,
 ) -> list[tuple[dict[str, Any], str | None]]:
     """The rows of one byte range of a file whose header was read before, as `rows()` gave
-    them then. A range is one chunk, so it is read whole: when every row has the header's
-    width (the common case), rows are built without a Python step per row."""
+    them then (the first `limit` of them, if given). A range is one chunk, so it is read
+    whole: when every row has the header's width (the common case), rows are built without
+    a Python step per row."""
     csv.field_size_limit(max_field_bytes)
     with path.open("rb") as raw:
         raw.seek(part.start)
@@ -197,13 +203,15 @@ def read_slice(
             lines = _ByteLines(raw, part.codec, part.end)
         reader = csv.reader(lines, delimiter=part.delimiter)
         try:
-            cells = list(reader)
+            cells = list(itertools.islice(reader, limit))
+            if cells and set(map(len, cells)) != {len(columns)}:
+                # Ragged or blank rows among them; a blank line is no row, so read on.
+                shaped = _shaped(columns, itertools.chain(cells, reader))
+                return list(itertools.islice(shaped, limit))
         except csv.Error as exc:
             raise _csv_error(exc, reader.line_num, max_field_bytes) from exc
         except UnicodeDecodeError as exc:
             raise _decode_error(part.codec, reader.line_num) from exc
-    if cells and set(map(len, cells)) != {len(columns)}:
-        return list(_shaped(columns, cells))  # ragged or blank rows among them
     return list(zip(map(dict, map(zip, itertools.repeat(columns), cells)), itertools.repeat(None)))
 
 
