@@ -446,6 +446,8 @@ def _all_of(checks: list[Check]) -> Check | None:
 
 # Cells are joined with NUL, which no shape below admits, to test a whole column at once.
 _SEPARATOR = "\x00"
+# A column with odd cells is tested again this many cells at a time, to find them.
+_BLOCK_CELLS = 32
 
 
 def _decimal(text: str) -> Any:
@@ -490,16 +492,35 @@ def _compile_batch(spec: FieldSpec, convert: Parser, finish: Check | None) -> Ba
     nulls = frozenset(spec.null_if)
     transforms = tuple(_TRANSFORMS[transform] for transform in spec.transform)
 
+    def plain_block(cells: list[str], text: list[str]) -> bool:
+        """Whether every cell of a block is plain, tested on the block at once."""
+        # A quote may start a formula escape, which the per-cell path strips.
+        if "'" in _SEPARATOR.join(cells) or not nulls.isdisjoint(text):
+            return False
+        if column_match is None:
+            return "" not in text
+        return column_match(_SEPARATOR.join(text)) is not None
+
+    def odd_cells(cells: list[str], text: list[str]) -> list[int]:
+        """The cells that are not plain. Odd cells are few: blocks of cells are tested at
+        once, and only the cells of a block with an odd one one by one."""
+        odd: list[int] = []
+        for start in range(0, len(cells), _BLOCK_CELLS):
+            end = start + _BLOCK_CELLS
+            raws, block = cells[start:end], text[start:end]
+            if plain_block(raws, block):
+                continue
+            plains = map(cell_match, block) if cell_match else block
+            odd.extend(
+                start + i
+                for i, (raw, cell, plain) in enumerate(zip(raws, block, plains, strict=True))
+                if not plain or "'" in raw or cell in nulls
+            )
+        return odd
+
     def mixed(cells: list[str], text: list[str]) -> list[Any]:
         """Some cells are not plain: they alone take the per-cell path."""
-        odd = [
-            i
-            for i, (raw, cell, plain) in enumerate(
-                zip(cells, text, map(cell_match, text) if cell_match else text, strict=True)
-            )
-            # A quote may start a formula escape, which the per-cell path strips.
-            if not plain or "'" in raw or cell in nulls
-        ]
+        odd = odd_cells(cells, text)
         if odd:
             text = list(text)
             for i in odd:

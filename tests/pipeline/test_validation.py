@@ -865,3 +865,27 @@ def test_keys_of_a_chunk_are_the_keys_its_valid_rows_get() -> None:
     assert composite.keys_many(rows) == ["7|a@b.co", None, None]
     assert composite.keys_many(rows[:1]) == [composite.validate(rows[0]).key]
     assert validator(importer(fields)).keys_many(rows) == [None, None, None]  # append
+
+
+@pytest.mark.parametrize("odd", [[], [0], [31], [32], [0, 31, 32, 63, 64, 99], list(range(100))])
+def test_odd_cells_anywhere_in_a_long_column_validate_as_their_rows_do(odd: list[int]) -> None:
+    """A column with odd cells is searched for them a block of cells at a time: odd cells
+    at block edges, or everywhere, must come out as they do row by row."""
+    fields = {
+        "n": {"type": "integer", "min": 0},
+        "d": {"type": "date", "null_if": ["NA"]},
+        "s": {"type": "string", "min_length": 1},
+        "e": {"type": "email"},
+    }
+    plain = {"n": "5", "d": "2024-01-31", "s": "text", "e": "a@b.co"}
+    oddities = [
+        {"n": "x", "d": "2024-02-30", "s": "", "e": "nope"},
+        {"n": "-1", "d": "NA", "s": "'=1", "e": "A@B.CO "},
+        {"n": " 7 ", "d": "", "s": "it's", "e": ""},
+    ]
+    rows = [dict(plain) for _ in range(100)]
+    for turn, i in enumerate(odd):
+        rows[i] = oddities[turn % len(oddities)]
+    check = validator(importer(fields))
+    for row, result in zip(rows, check.validate_many(rows), strict=True):
+        assert same(result, check.validate(row)), row
