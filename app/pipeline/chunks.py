@@ -31,8 +31,6 @@ class ChunkRow:
     duplicate: bool = False
     # The hash of the row's mapped cells under its importer definition (see prepare.py).
     input_hash: str | None = None
-    # Known unchanged by its input hash, so not validated: `data` is None, `key` is set.
-    unchanged: bool = False
 
 
 def encode(rows: list[RawRow]) -> bytes:

@@ -30,6 +30,9 @@ from app.pipeline.validation import RowValidator
 
 INVALID = "The given data was invalid."
 
+# A row known unchanged by its input hash: row number, record key, original data.
+Unchanged = tuple[int, str, dict[str, Any]]
+
 
 @dataclass(slots=True)
 class Known:
@@ -113,9 +116,12 @@ class ChunkValidator:
         raws: list[RawRow],
         keyed: list[tuple[str, str] | None],
         known: dict[str, Known],
-    ) -> list[ChunkRow]:
+    ) -> tuple[list[ChunkRow], list[Unchanged]]:
+        """The chunk's rows, validated, but for the rows its input hash shows unchanged: those
+        come apart, as (row number, key, original)."""
         once = Counter(k[0] for k in keyed if k is not None)
         rows: list[ChunkRow | None] = [None] * len(raws)
+        unchanged: list[Unchanged] = []
         pending: list[int] = []
         for i, ((number, original, error, duplicate), hashed) in enumerate(
             zip(raws, keyed, strict=True)
@@ -125,15 +131,7 @@ class ChunkValidator:
             elif hashed is not None and once[hashed[0]] == 1 and not duplicate:
                 record = known.get(hashed[0])
                 if record is not None and record.input_hash == hashed[1]:
-                    rows[i] = ChunkRow(
-                        number,
-                        original,
-                        None,
-                        hashed[0],
-                        None,
-                        input_hash=hashed[1],
-                        unchanged=True,
-                    )
+                    unchanged.append((number, hashed[0], original))
                 else:
                     pending.append(i)
             else:
@@ -150,4 +148,4 @@ class ChunkValidator:
                 rows[i] = ChunkRow(
                     number, original, result.data, result.key, None, duplicate, input_hash
                 )
-        return [row for row in rows if row is not None]
+        return [row for row in rows if row is not None], unchanged

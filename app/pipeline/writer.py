@@ -32,7 +32,7 @@ from app.pipeline.chunks import (
     read_payload,
     remove_run_payloads,
 )
-from app.pipeline.prepare import ChunkValidator, Known
+from app.pipeline.prepare import ChunkValidator, Known, Unchanged
 from app.pipeline.readers import ReadError
 from app.pipeline.readers.csv_reader import read_slice, slice_of
 
@@ -110,8 +110,10 @@ def plan_chunk(
     stage: bool,
     log_all: bool,
     copy_originals: bool = True,
+    unchanged: Sequence[Unchanged] = (),
 ) -> Plan:
-    """Decide every row's outcome, in row order, as if rows were applied one by one.
+    """Decide every row's outcome, in row order, as if rows were applied one by one; rows
+    known `unchanged` by their input hash (one row per key in the chunk) are counted apart.
     `copy_originals` False: only failed rows keep their original data in the row log."""
     plan = Plan()
     strategy = definition.on_duplicate
@@ -122,12 +124,7 @@ def plan_chunk(
 
     for row in rows:
         status, outcome, errors, key = "success", None, row.errors, row.key
-        if row.unchanged:
-            outcome = "unchanged"  # by its input hash (prepare.py)
-            if touch_unchanged:
-                assert key is not None
-                plan.touched.append(key)
-        elif row.data is None:
+        if row.data is None:
             status = "failed"
         else:
             blob, digest = canonical(row.data)
@@ -190,6 +187,24 @@ def plan_chunk(
                     _json(row.original) if copy_originals or status == "failed" else None,
                     _json(errors) if errors else None,
                 )
+            )
+    if unchanged:
+        plan.successful += len(unchanged)
+        plan.counts["unchanged"] += len(unchanged)
+        if touch_unchanged:
+            plan.touched.extend(key for _, key, _ in unchanged)
+        if log_all:
+            plan.log.extend(
+                (
+                    run_id,
+                    number,
+                    "success",
+                    "unchanged",
+                    key,
+                    _json(original) if copy_originals else None,
+                    None,
+                )
+                for number, key, original in unchanged
             )
     return plan
 
@@ -490,7 +505,7 @@ async def _plan(
     keyed = validator.keys(raws)
     looked_up = {k[0] for k in keyed if k is not None}
     existing = await fetch_existing(conn, definition, list(looked_up))
-    rows = validator.validate(raws, keyed, existing)
+    rows, unchanged = validator.validate(raws, keyed, existing)
     if definition.action != "append":
         rest = {r.key for r in rows if r.key is not None and r.key not in looked_up}
         existing.update(await fetch_existing(conn, definition, list(rest)))
@@ -505,6 +520,7 @@ async def _plan(
         stage=stage,
         log_all=log_all,
         copy_originals=not in_file,
+        unchanged=unchanged,
     )
 
 
