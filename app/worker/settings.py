@@ -71,10 +71,14 @@ def create_worker(settings: Settings, *, burst: bool = False, **overrides: Any) 
     return Worker(**options)
 
 
-def run_worker(settings: Settings, *, burst: bool = False) -> None:
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
-    # Chunks allocate a few objects per cell: at the default threshold (700) the cyclic
-    # collector ran every few rows. Start-up objects are frozen out of its scans.
+def tune_gc() -> None:
+    """Chunks allocate a few objects per cell: at the default threshold (700) the cyclic
+    collector ran every few rows. Start-up objects are frozen out of its scans."""
     gc.freeze()
     gc.set_threshold(50_000, 20, 50)
+
+
+def run_worker(settings: Settings, *, burst: bool = False) -> None:
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
+    tune_gc()
     create_worker(settings, burst=burst).run()

@@ -1,0 +1,223 @@
+"""Where a row's time goes: the pipeline's steps run in this process, one at a time, and
+Postgres' work per statement, as the backend's CPU time per row.
+
+`make bench` measures the whole path; this splits it, to see what a change could gain.
+The steps are the pipeline's own functions, applied chunk by chunk to the users CSV of
+`make bench`; each figure is the best of a few passes. Postgres CPU is read from the
+backend process, so it needs a server on this machine (else only wall time is shown).
+
+    python -m bench.parts [--rows 100000]
+"""
+
+import argparse
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import psutil
+
+from bench.data import users_csv
+from bench.run import ROOT, definition, plain
+
+DB_NAME = "ingest_parts"
+PASSES = 5
+
+
+def best_of(step: Callable[[], object], rows: int) -> float:
+    """CPU microseconds per row of `step`, best of PASSES."""
+    best = float("inf")
+    for _ in range(PASSES):
+        start = time.process_time()
+        step()
+        best = min(best, time.process_time() - start)
+    return best / rows * 1e6
+
+
+def python_steps(path: Path) -> tuple[list[tuple[str, float]], list[Any], list[Any]]:
+    """Per-row CPU of each step, and the first upload's and the re-upload's plans."""
+    from app.importers.schemas import ImporterDefinition
+    from app.pipeline.prepare import ChunkValidator, Known
+    from app.pipeline.readers.csv_reader import open_csv, read_slice, slice_of
+    from app.pipeline.splitter import Splitter
+    from app.pipeline.writer import canonical, plan_chunk
+
+    importer = ImporterDefinition.model_validate(definition("parts", "all", 1000))
+    with open_csv(path) as table:
+        columns, start = table.columns, table.position
+        assert start is not None
+        ends = [end for number, (end, _) in enumerate(table.row_ends(), 1) if number % 1000 == 0]
+    spans = list(zip([start, *ends[:-1]], ends, strict=True))
+    rows = len(spans) * 1000
+
+    def split() -> None:
+        with open_csv(path) as table:
+            splitter, batch = Splitter(importer, table.columns), []
+            for _, cells in table.row_ends():
+                batch.append(cells if len(cells) == len(columns) else None)
+                if len(batch) == 1000:
+                    splitter.duplicates_of(batch)
+                    batch = []
+
+    def read() -> list[list[Any]]:
+        return [
+            [
+                (first + i, data, error, False)
+                for i, (data, error) in enumerate(read_slice(path, columns, slice_of(path, *span)))
+            ]
+            for first, span in zip(range(1, rows, 1000), spans, strict=True)
+        ]
+
+    chunks = read()
+    validator = ChunkValidator(importer, columns)
+    keyed = [validator.keys(raws) for raws in chunks]
+    checked = [validator.validate(raws, k, {}) for raws, k in zip(chunks, keyed, strict=True)]
+
+    def plans(known: list[dict[str, Any]]) -> list[Any]:
+        made = []
+        for raws, keys, existing in zip(chunks, keyed, known, strict=True):
+            valid, unchanged = validator.validate(raws, keys, existing)
+            made.append(
+                plan_chunk(
+                    valid,
+                    importer,
+                    {},
+                    run_id=1,
+                    stage=False,
+                    log_all=True,
+                    copy_originals=False,
+                    unchanged=unchanged,
+                )
+            )
+        return made
+
+    stored = [
+        {r.key: Known(canonical(r.data)[1], None, r.input_hash) for r in valid if r.data}
+        for valid, _ in checked
+    ]
+    nothing: list[dict[str, Any]] = [{} for _ in chunks]
+
+    def validate() -> None:
+        for raws, keys in zip(chunks, keyed, strict=True):
+            validator.validate(raws, keys, {})
+
+    figures = [
+        ("split: row ends and repeated keys", best_of(split, rows)),
+        ("read a chunk's byte range", best_of(read, rows)),
+        ("keys and input hashes", best_of(lambda: [validator.keys(c) for c in chunks], rows)),
+        ("validate", best_of(validate, rows)),
+        ("validate + plan, first upload", best_of(lambda: plans(nothing), rows)),
+        ("validate + plan, unchanged re-upload", best_of(lambda: plans(stored), rows)),
+    ]
+    return figures, plans(nothing), plans(stored)
+
+
+async def postgres_steps(url: str, first: list[Any], again: list[Any]) -> list[tuple[str, Any]]:
+    """Per row: (wall us, backend CPU us or None) of each statement a chunk sends."""
+    from app.pipeline.writer import RECORD_COLUMNS, ROW_LOG_COLUMNS
+
+    conn = await asyncpg.connect(url)
+    backend = None
+    with contextlib.suppress(psutil.Error):
+        backend = psutil.Process(await conn.fetchval("SELECT pg_backend_pid()"))
+    totals: dict[str, list[float]] = {}
+
+    async def timed(name: str, rows: int, statement: Any, *, alone: bool = False) -> None:
+        """Run `statement` in a transaction of its own (committed), or `alone`."""
+        cpu = sum(backend.cpu_times()[:2]) if backend else 0.0
+        start = time.perf_counter()
+        if alone:
+            await statement
+        else:
+            async with conn.transaction():
+                await statement
+        wall = time.perf_counter() - start
+        spent = sum(backend.cpu_times()[:2]) - cpu if backend else float("nan")
+        total = totals.setdefault(name, [0.0, 0.0, 0])
+        total[0], total[1], total[2] = total[0] + wall, total[1] + spent, total[2] + rows
+
+    lookup = (
+        "SELECT key, content_hash, input_hash FROM records "
+        "WHERE collection = $1 AND key = ANY($2::text[])"
+    )
+    try:
+        await conn.execute("TRUNCATE records, run_rows")
+        await conn.execute("CHECKPOINT")
+        for plan in first:
+            keys = list(plan.writes)
+            await timed("look up keys, none there", len(keys), conn.fetch(lookup, "p", keys))
+            created = [
+                ("p", key, data, digest, given, None, 1, row)
+                for key, (data, digest, row, given) in plan.writes.items()
+            ]
+            await timed(
+                "COPY new records",
+                len(created),
+                conn.copy_records_to_table("records", records=created, columns=RECORD_COLUMNS),
+            )
+            await timed(
+                "COPY the row log (log_rows: all)",
+                len(plan.log),
+                conn.copy_records_to_table("run_rows", records=plan.log, columns=ROW_LOG_COLUMNS),
+            )
+        await conn.execute("VACUUM ANALYZE records")
+        for plan in again:
+            keys = [entry[4] for entry in plan.log if entry[4] is not None]
+            await timed("look up keys, all there", len(keys), conn.fetch(lookup, "p", keys))
+        client = time.process_time()
+        for _ in range(1000):
+            trip = conn.execute("SELECT 1")
+            await timed("one round trip (SELECT 1), per trip", 1, trip, alone=True)
+        client_cpu = (time.process_time() - client) / 1000 * 1e6
+    finally:
+        await conn.close()
+    figures = [
+        (name, (wall / rows * 1e6, cpu / rows * 1e6)) for name, (wall, cpu, rows) in totals.items()
+    ]
+    return [*figures, ("  the same, this process's CPU per trip", (float("nan"), client_cpu))]
+
+
+async def prepare(server_url: str) -> str:
+    from app.core import migrate
+
+    conn = await asyncpg.connect(plain(server_url))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{DB_NAME}"')
+    finally:
+        await conn.close()
+    url = plain(server_url, DB_NAME)
+    await asyncio.to_thread(migrate.upgrade, url)
+    return url
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.parts", description=__doc__)
+    parser.add_argument("--rows", type=int, default=100_000)
+    args = parser.parse_args()
+    path = users_csv(args.rows, 42)
+    server = os.environ.get("INGEST_BENCH_DATABASE_URL") or os.environ.get("INGEST_DATABASE_URL")
+    if not server:
+        from app.core import embedded
+
+        server = embedded.start_postgres(ROOT / ".ingest" / "bench-pg")
+    print(f"{path.name}, chunks of 1000 rows; CPU per row, best of {PASSES} passes\n")
+    from app.worker.settings import tune_gc
+
+    tune_gc()  # as in a worker process
+    figures, first, again = python_steps(path)
+    print(f"{'worker step (in process)':45} {'CPU us/row':>10}")
+    for name, value in figures:
+        print(f"{name:45} {value:10.2f}")
+    url = asyncio.run(prepare(server))
+    print(f"\n{'Postgres statement':45} {'wall us':>10} {'backend CPU us':>15}")
+    for name, (wall, cpu) in asyncio.run(postgres_steps(url, first, again)):
+        print(f"{name:45} {wall:10.2f} {cpu:15.2f}")
+
+
+if __name__ == "__main__":
+    main()
