@@ -503,7 +503,7 @@ def _compile_batch(spec: FieldSpec, convert: Parser, finish: Check | None) -> Ba
 
     def odd_cells(cells: list[str], text: list[str]) -> list[int]:
         """The cells that are not plain. Odd cells are few: blocks of cells are tested at
-        once, and only the cells of a block with an odd one one by one."""
+        once, and a block with an odd cell is searched cell by cell."""
         odd: list[int] = []
         for start in range(0, len(cells), _BLOCK_CELLS):
             end = start + _BLOCK_CELLS

@@ -84,8 +84,7 @@ async def show_run(
 ) -> dict[str, Any]:
     """Show a run with its progress, summary and first rows."""
     found = await service.get_run(session, run, source_id=principal.source_id)
-    limit, storage = settings.max_show_rows, settings.storage_dir
-    rows = await service.first_rows(session, found, limit, storage)
+    rows = await service.first_rows(session, found, settings.max_show_rows, settings.storage_dir)
     return {"data": service.to_resource(found, rows)}
 
 

@@ -199,7 +199,8 @@ async def with_originals(
     session: AsyncSession, run: Run, rows: list[dict[str, Any]], storage_dir: Path
 ) -> list[dict[str, Any]]:
     """Row resources with the data the row log keeps no copy of (rows of CSV chunks that did
-    not fail) read back from the run's input file. It stays null if the file was removed."""
+    not fail) read back from the run's input file. It stays null if the file was changed
+    or removed."""
     numbers = {row["row_number"] for row in rows if row["data"] is None}
     if not numbers or run.file_key is None:
         return rows

@@ -5,7 +5,8 @@ are not UTF-8. Delimiter: the most frequent of `, ; \\t |` outside quotes on the
 
 UTF-8 and Windows-1252 files are read as bytes and decoded line by line, so the reader knows
 the byte offset where each row ends: a run's chunks are then byte ranges of the file
-(`CsvSlice`), which chunk jobs parse in parallel, rather than rows copied into payloads.
+(`CsvSlice`), which chunk jobs parse in parallel, rather than rows copied into payloads. A
+chunk job reads its range whole and splits it where the splitter split its lines.
 """
 
 from __future__ import annotations
