@@ -12,7 +12,6 @@ backend process, so it needs a server on this machine (else only wall time is sh
 import argparse
 import asyncio
 import contextlib
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +21,7 @@ import asyncpg
 import psutil
 
 from bench.data import users_csv
-from bench.run import ROOT, definition, plain
+from bench.run import definition, fresh_database, postgres_server
 
 DB_NAME = "ingest_parts"
 PASSES = 5
@@ -181,30 +180,12 @@ async def postgres_steps(url: str, first: list[Any], again: list[Any]) -> list[t
     return [*figures, ("  the same, this process's CPU per trip", (float("nan"), client_cpu))]
 
 
-async def prepare(server_url: str) -> str:
-    from app.core import migrate
-
-    conn = await asyncpg.connect(plain(server_url))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{DB_NAME}"')
-    finally:
-        await conn.close()
-    url = plain(server_url, DB_NAME)
-    await asyncio.to_thread(migrate.upgrade, url)
-    return url
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.parts", description=__doc__)
     parser.add_argument("--rows", type=int, default=100_000)
     args = parser.parse_args()
     path = users_csv(args.rows, 42)
-    server = os.environ.get("INGEST_BENCH_DATABASE_URL") or os.environ.get("INGEST_DATABASE_URL")
-    if not server:
-        from app.core import embedded
-
-        server = embedded.start_postgres(ROOT / ".ingest" / "bench-pg")
+    server = postgres_server()
     print(f"{path.name}, chunks of 1000 rows; CPU per row, best of {PASSES} passes\n")
     from app.worker.settings import tune_gc
 
@@ -213,7 +194,7 @@ def main() -> None:
     print(f"{'worker step (in process)':45} {'CPU us/row':>10}")
     for name, value in figures:
         print(f"{name:45} {value:10.2f}")
-    url = asyncio.run(prepare(server))
+    url, _, _ = asyncio.run(fresh_database(server, DB_NAME))
     print(f"\n{'Postgres statement':45} {'wall us':>10} {'backend CPU us':>15}")
     for name, (wall, cpu) in asyncio.run(postgres_steps(url, first, again)):
         print(f"{name:45} {wall:10.2f} {cpu:15.2f}")

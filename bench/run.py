@@ -88,14 +88,22 @@ def definition(slug: str, log_rows: str, chunk_size: int) -> dict[str, Any]:
 # --- servers, database, token ---------------------------------------------------------------
 
 
-def servers() -> tuple[str, str]:
-    """(Postgres server URL, Redis URL): from the environment, else embedded servers."""
+def postgres_server() -> str:
+    """The Postgres server URL: from the environment, else an embedded server."""
     from app.core import embedded
 
     pg = os.environ.get("INGEST_BENCH_DATABASE_URL") or os.environ.get("INGEST_DATABASE_URL")
     if not pg:
         print("starting embedded PostgreSQL ...", flush=True)
         pg = embedded.start_postgres(ROOT / ".ingest" / "bench-pg")
+    return pg
+
+
+def servers() -> tuple[str, str]:
+    """(Postgres server URL, Redis URL): from the environment, else embedded servers."""
+    from app.core import embedded
+
+    pg = postgres_server()
     redis = os.environ.get("INGEST_BENCH_REDIS_URL") or os.environ.get("INGEST_REDIS_URL")
     if not redis:
         print("starting embedded Redis ...", flush=True)
@@ -103,24 +111,32 @@ def servers() -> tuple[str, str]:
     return pg, urlparse(redis)._replace(path=f"/{REDIS_DB}").geturl()
 
 
-async def prepare_database(server_url: str, redis_url: str) -> tuple[str, str, int | None]:
-    """A fresh, migrated ``ingest_bench`` database and a flushed Redis db. Returns the
-    database URL, the Postgres version, and the server's pid when it runs on this machine."""
+async def fresh_database(server_url: str, name: str) -> tuple[str, str, int | None]:
+    """Database ``name`` created anew and migrated. Returns its URL, the Postgres version,
+    and the server's pid when it runs on this machine."""
     from app.core import migrate
-    from app.core.queue import close_queue, create_queue
 
     conn = await asyncpg.connect(plain(server_url))
     try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{DB_NAME}"')
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
         version = await conn.fetchval("SHOW server_version")
         server_pid = None
         with contextlib.suppress(psutil.Error):  # a local server: its CPU time is reported
             server_pid = psutil.Process(await conn.fetchval("SELECT pg_backend_pid()")).ppid()
     finally:
         await conn.close()
-    url = plain(server_url, DB_NAME)
+    url = plain(server_url, name)
     await asyncio.to_thread(migrate.upgrade, url)
+    return url, version, server_pid
+
+
+async def prepare_database(server_url: str, redis_url: str) -> tuple[str, str, int | None]:
+    """A fresh, migrated ``ingest_bench`` database (see fresh_database) and a flushed Redis
+    db."""
+    from app.core.queue import close_queue, create_queue
+
+    url, version, server_pid = await fresh_database(server_url, DB_NAME)
     queue = create_queue(redis_url, QUEUE)
     await queue.flushdb()
     await close_queue(queue)
