@@ -46,7 +46,7 @@ ON CONFLICT (collection, key) DO UPDATE
 SET data = EXCLUDED.data, content_hash = EXCLUDED.content_hash, input_hash = EXCLUDED.input_hash,
     source_id = coalesce(EXCLUDED.source_id, r.source_id),
     last_run_id = EXCLUDED.last_run_id, last_row_number = EXCLUDED.last_row_number,
-    updated_at = now()
+    updated_at = CASE WHEN r.content_hash = EXCLUDED.content_hash THEN r.updated_at ELSE now() END
 -- Within one run a later row wins, whatever order concurrent chunks commit in.
 WHERE r.last_run_id IS DISTINCT FROM EXCLUDED.last_run_id
    OR r.last_row_number < EXCLUDED.last_row_number
@@ -78,9 +78,6 @@ class Plan:
     writes: Writes = field(default_factory=dict)
     # Keys of `writes` that no record had when the chunk was planned.
     new: set[str] = field(default_factory=set)
-    # (key, row number) of rows that repeat a key and leave its record as it is: the record
-    # is marked as theirs, so that an earlier row of the run cannot overwrite it later.
-    positions: list[tuple[str, int]] = field(default_factory=list)
     touched: list[str] = field(default_factory=list)
     staged: list[ChunkRow] = field(default_factory=list)
     log: list[tuple[Any, ...]] = field(default_factory=list)
@@ -153,7 +150,11 @@ def plan_chunk(
                 outcome = "updated"
 
             if outcome == "unchanged" and row.duplicate and hold_position:
-                plan.positions.append((key, row.row_number))
+                # Written all the same: the write makes the record this row's, so that an
+                # earlier row of the run, in a chunk applied later, cannot overwrite it; and
+                # should such a row have changed it since this chunk looked, the data is
+                # this row's again.
+                plan.writes[key] = (blob.decode(), digest, row.row_number, row.input_hash)
             if outcome in ("created", "updated"):
                 if stage:
                     outcome = "staged"
@@ -455,17 +456,6 @@ async def _apply(
         await write_records(
             conn, definition.collection, run["source_id"], run_id, plan.writes, plan.new
         )
-        if plan.positions:
-            await conn.execute(
-                "UPDATE records r SET last_run_id = $1, last_row_number = t.row_number "
-                "FROM unnest($3::text[], $4::int[]) AS t(key, row_number) "
-                "WHERE r.collection = $2 AND r.key = t.key "
-                "AND (r.last_run_id IS DISTINCT FROM $1 OR r.last_row_number < t.row_number)",
-                run_id,
-                definition.collection,
-                [key for key, _ in plan.positions],
-                [number for _, number in plan.positions],
-            )
         if plan.touched:
             await conn.execute(
                 "UPDATE records SET last_run_id = $1 WHERE collection = $2 "

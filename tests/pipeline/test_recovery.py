@@ -320,3 +320,45 @@ def test_the_memory_of_keys_never_forgets_one() -> None:
     keys = [f"user{i}@example.com" for i in range(20_000)]
     assert sum(seen.add_all(keys)) < 20  # a few collisions at most
     assert all(seen.add_all(keys))
+
+
+async def test_the_later_row_of_a_key_wins_over_an_earlier_one_committed_while_it_was_planned(
+    create_importer: CreateImporter,
+    upload: Upload,
+    run_worker: RunWorker,
+    settings: Settings,
+    queue: ArqRedis,
+    session_factory: async_sessionmaker[AsyncSession],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Row 4 repeats row 1's key and finds its record unchanged; row 1's chunk commits a
+    change to that record after row 4's chunk looked it up. Row 4's record data wins."""
+    from app.pipeline import splitter
+
+    await create_importer(key=["email"], fields=USER_FIELDS, chunk_size=2)
+    csv = (
+        "Email,Name,Age\nada@example.com,Ada,36\nalan@example.com,Alan,41\n"
+        "grace@example.com,Grace,85\nada@example.com,Ada,37\n"
+    )
+    await upload("users", csv)
+    await run_worker()
+    assert (await records(session_factory, "users"))["ada@example.com"]["age"] == 37
+    run_id = (await upload("users", csv)).json()["data"]["id"]
+    await splitter.split_run(session_factory, queue, settings, run_id)
+
+    fetch, meanwhile = writer.fetch_existing, []
+
+    async def fetch_then_apply_the_first_chunk(conn: Any, definition: Any, keys: Any) -> Any:
+        found = await fetch(conn, definition, keys)
+        if "ada@example.com" in keys and not meanwhile:
+            meanwhile.append(0)
+            await writer.apply_chunk(session_factory, settings.storage_dir, run_id, 0)
+        return found
+
+    monkeypatch.setattr(writer, "fetch_existing", fetch_then_apply_the_first_chunk)
+    await writer.apply_chunk(session_factory, settings.storage_dir, run_id, 1)
+    assert meanwhile == [0]
+    assert (await records(session_factory, "users"))["ada@example.com"]["age"] == 37
+    run = await run_of(session_factory, run_id)
+    assert run["status"] == "completed"
+    assert run["progress"]["processed"] == 4
