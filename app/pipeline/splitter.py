@@ -6,6 +6,8 @@ chunk job; other inputs (XLSX, JSON, retries, and CSV whose duplicate keys must 
 here) are read into rows and stored as payload files. It streams the input once, so memory
 stays flat; each chunk is committed (with the run's progress) before its apply job is
 enqueued. If the worker dies, the job runs again and resumes after the last committed chunk.
+A file that an earlier run of the importer split already (the same bytes, the same
+definition) is not read here: that run's chunk ledger is copied.
 """
 
 import asyncio
@@ -171,7 +173,15 @@ async def split_run(
         if parent_id is not None:
             parent = await session.get(Run, parent_id)
             parent_columns = list(parent.columns or []) if parent else []
+        reused = await _reuse_ledger(session, run, importer) if resume_from == 0 else None
 
+    if reused is not None:
+        await asyncio.gather(
+            *(enqueue_quietly(enqueue_chunk, queue, run_id, index) for index in range(reused))
+        )
+        async with unit_of_work(factory) as session:
+            await lifecycle.maybe_finalize(session, run_id, definition)
+        return
     try:
         if kind == "retry":
             assert parent_id is not None and parent_columns is not None
@@ -198,6 +208,60 @@ async def split_run(
     except FileNotFoundError:
         async with unit_of_work(factory) as session:
             await lifecycle.fail_run(session, run_id, "The run's input file is missing.")
+
+
+# An earlier run of the importer whose input was the same file, split under the importer's
+# current definition into byte ranges, all of which it stored.
+_SAME_INPUT = """
+SELECT d.id FROM runs d
+WHERE d.importer_id = :importer AND d.id <> :id AND d.kind <> 'retry'
+  AND d.file_sha256 = :sha AND d.file_size = :size AND d.created_at >= :defined_at
+  AND d.chunks_total IS NOT NULL AND NOT d.cancel_requested
+  AND d.status IN ('processing', 'completed', 'completed_with_errors')
+  AND d.chunks_total = (SELECT count(*) FROM run_chunks c
+                        WHERE c.run_id = d.id AND c.byte_start IS NOT NULL)
+ORDER BY d.id DESC LIMIT 1
+"""
+
+
+async def _reuse_ledger(session: AsyncSession, run: Run, importer: Importer) -> int | None:
+    """Split a file that an earlier run of the importer split already by copying that run's
+    chunk ledger: its byte ranges and repeated-key rows are a function of the file's bytes
+    and the definition alone. Every row is still read and applied by its chunk job. Returns
+    the number of chunks, or None when there is no such run."""
+    if run.kind == "retry" or run.file_sha256 is None:
+        return None
+    donor = await session.scalar(
+        text(_SAME_INPUT),
+        {
+            "importer": importer.id,
+            "id": run.id,
+            "sha": run.file_sha256,
+            "size": run.file_size,
+            "defined_at": importer.updated_at,
+        },
+    )
+    if donor is None:
+        return None
+    await session.execute(
+        text(
+            "INSERT INTO run_chunks (run_id, index, status, first_row, row_count, attempts, "
+            "byte_start, byte_end, duplicate_rows) SELECT :id, index, 'pending', first_row, "
+            "row_count, 0, byte_start, byte_end, duplicate_rows FROM run_chunks "
+            "WHERE run_id = :donor ON CONFLICT DO NOTHING"
+        ),
+        {"id": run.id, "donor": donor},
+    )
+    chunks = await session.scalar(
+        text(
+            "UPDATE runs r SET total = d.total, columns = d.columns, "
+            "chunks_written = d.chunks_total, chunks_total = d.chunks_total, updated_at = now() "
+            "FROM runs d WHERE r.id = :id AND d.id = :donor RETURNING r.chunks_total"
+        ),
+        {"id": run.id, "donor": donor},
+    )
+    log.info("run %s: input identical to run %s's, its %s chunks reused", run.id, donor, chunks)
+    return int(chunks)
 
 
 async def _aiter(rows: Iterator[Any]) -> AsyncIterator[InputRow]:

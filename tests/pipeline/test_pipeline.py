@@ -39,6 +39,13 @@ async def records(factory: async_sessionmaker[AsyncSession], collection: str) ->
         return {key: data for key, data in rows}
 
 
+async def session_execute(
+    factory: async_sessionmaker[AsyncSession], sql: str, **params: Any
+) -> None:
+    async with factory() as session, session.begin():
+        await session.execute(text(sql), params)
+
+
 async def row_log(factory: async_sessionmaker[AsyncSession], run_id: int) -> list[dict[str, Any]]:
     async with factory() as session:
         rows = await session.execute(
@@ -192,6 +199,57 @@ async def test_a_resent_row_is_unchanged_by_its_input_until_the_importer_changes
     await run_worker()
     assert (await run_of(session_factory, run_id))["summary"]["updated"] == 3
     assert (await records(session_factory, "users"))["ada@example.com"]["name"] == "ADA"
+
+
+async def test_a_file_split_before_reuses_that_split_until_the_importer_changes(
+    create_importer: CreateImporter,
+    upload: Upload,
+    run_worker: RunWorker,
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    definition = {"key": ["email"], "fields": USER_FIELDS, "chunk_size": 2}
+    await create_importer(**definition)
+    csv = USERS_CSV + "ada@example.com,Ada,37\n"  # row 4 repeats row 1's key
+    ledger = (
+        "SELECT array_agg(array[first_row, row_count, byte_start, byte_end, "
+        "coalesce(duplicate_rows[1], 0)] ORDER BY index) FROM run_chunks WHERE run_id = :id"
+    )
+    first = (await upload("users", csv)).json()["data"]["id"]
+    await run_worker()
+    split = await scalar(session_factory, ledger, id=first)
+    assert [chunk[4] for chunk in split] == [0, 4]
+    # A mark no split makes: a run whose ledger has it copied that ledger.
+    await session_execute(
+        session_factory,
+        "UPDATE run_chunks SET duplicate_rows = '{1}' WHERE run_id = :id AND index = 0",
+        id=first,
+    )
+    copied = [[*split[0][:4], 1], split[1]]
+
+    again = (await upload("users", csv)).json()["data"]["id"]
+    await run_worker()
+    assert await scalar(session_factory, ledger, id=again) == copied
+    # Every row is still applied by its chunk: the later row of the key still wins.
+    run = await run_of(session_factory, again)
+    assert run["status"] == "completed"
+    assert run["progress"]["total"] == run["progress"]["processed"] == 4
+    assert (await records(session_factory, "users"))["ada@example.com"]["age"] == 37
+
+    # Another file, or the same file once the importer changed, is split anew.
+    other = (await upload("users", csv + "\n")).json()["data"]["id"]
+    fields = {**USER_FIELDS, "name": {**USER_FIELDS["name"], "transform": ["upper"]}}
+    response = await client.put(
+        f"{API}/importers/users",
+        json={"slug": "users", "collection": "users", **definition, "fields": fields},
+        headers=admin_headers,
+    )
+    assert response.status_code == 200, response.text
+    later = (await upload("users", csv)).json()["data"]["id"]
+    await run_worker()
+    assert await scalar(session_factory, ledger, id=other) == split
+    assert await scalar(session_factory, ledger, id=later) == split
 
 
 async def test_a_later_row_of_a_key_wins_even_when_its_input_is_the_stored_one(
