@@ -92,6 +92,17 @@ def users_csv(count: int, seed: int, *, changed: bool = False) -> Path:
     return path
 
 
+def resent_csv(path: Path) -> Path:
+    """``path`` with one blank line added at its end: the same rows in another file (a blank
+    line is no row), so nothing can be reused from the run that read ``path``."""
+    copy = path.with_name(path.stem + "-resent.csv")
+    if not copy.exists():
+        partial = copy.with_suffix(".partial")
+        partial.write_bytes(path.read_bytes() + b"\r\n")
+        partial.rename(copy)
+    return copy
+
+
 def _int(value: str) -> int | None:
     try:
         number = int(value)
