@@ -15,6 +15,13 @@ class Run(TimestampMixin, Base):
     __table_args__ = (
         Index("ix_runs_importer_id_created", "importer_id", "id"),
         Index("ix_runs_status_id", "status", "id"),
+        # An earlier run of the same input file (the splitter reuses its chunk ledger).
+        Index(
+            "ix_runs_importer_id_file_sha256",
+            "importer_id",
+            "file_sha256",
+            postgresql_where=text("file_sha256 IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
