@@ -213,7 +213,7 @@ async def split_run(
 # An earlier run of the importer whose input was the same file, split under the importer's
 # current definition into byte ranges, all of which it stored.
 _SAME_INPUT = """
-SELECT d.id FROM runs d
+SELECT d.id, d.chunks_total FROM runs d
 WHERE d.importer_id = :importer AND d.id <> :id AND d.kind <> 'retry'
   AND d.file_sha256 = :sha AND d.file_size = :size AND d.created_at >= :defined_at
   AND d.chunks_total IS NOT NULL AND NOT d.cancel_requested
@@ -227,11 +227,12 @@ ORDER BY d.id DESC LIMIT 1
 async def _reuse_ledger(session: AsyncSession, run: Run, importer: Importer) -> int | None:
     """Split a file that an earlier run of the importer split already by copying that run's
     chunk ledger: its byte ranges and repeated-key rows are a function of the file's bytes
-    and the definition alone. Every row is still read and applied by its chunk job. Returns
+    and the definition alone (should the way files are split change, ledgers split the old
+    way must stop qualifying). Every row is still read and applied by its chunk job. Returns
     the number of chunks, or None when there is no such run."""
     if run.kind == "retry" or run.file_sha256 is None:
         return None
-    donor = await session.scalar(
+    found = await session.execute(
         text(_SAME_INPUT),
         {
             "importer": importer.id,
@@ -241,9 +242,11 @@ async def _reuse_ledger(session: AsyncSession, run: Run, importer: Importer) -> 
             "defined_at": importer.updated_at,
         },
     )
-    if donor is None:
+    row = found.first()
+    if row is None:
         return None
-    await session.execute(
+    donor, chunks = row
+    copied = await session.execute(
         text(
             "INSERT INTO run_chunks (run_id, index, status, first_row, row_count, attempts, "
             "byte_start, byte_end, duplicate_rows) SELECT :id, index, 'pending', first_row, "
@@ -252,13 +255,17 @@ async def _reuse_ledger(session: AsyncSession, run: Run, importer: Importer) -> 
         ),
         {"id": run.id, "donor": donor},
     )
-    chunks = await session.scalar(
+    if copied.rowcount != chunks:  # type: ignore[attr-defined]
+        # The earlier run was pruned meanwhile: split the file after all.
+        await session.execute(text("DELETE FROM run_chunks WHERE run_id = :id"), {"id": run.id})
+        return None
+    await session.execute(
         text(
-            "UPDATE runs r SET total = d.total, columns = d.columns, "
-            "chunks_written = d.chunks_total, chunks_total = d.chunks_total, updated_at = now() "
-            "FROM runs d WHERE r.id = :id AND d.id = :donor RETURNING r.chunks_total"
+            "UPDATE runs r SET total = d.total, columns = d.columns, chunks_written = :chunks, "
+            "chunks_total = :chunks, updated_at = now() FROM runs d "
+            "WHERE r.id = :id AND d.id = :donor"
         ),
-        {"id": run.id, "donor": donor},
+        {"id": run.id, "donor": donor, "chunks": chunks},
     )
     log.info("run %s: input identical to run %s's, its %s chunks reused", run.id, donor, chunks)
     return int(chunks)

@@ -251,6 +251,19 @@ async def test_a_file_split_before_reuses_that_split_until_the_importer_changes(
     assert await scalar(session_factory, ledger, id=other) == split
     assert await scalar(session_factory, ledger, id=later) == split
 
+    # Nor is a run whose ledger is gone in part (pruned) copied.
+    await session_execute(
+        session_factory,
+        "UPDATE run_chunks SET duplicate_rows = '{1}' WHERE run_id = :id AND index = 0",
+        id=later,
+    )
+    await session_execute(
+        session_factory, "DELETE FROM run_chunks WHERE run_id = :id AND index = 1", id=later
+    )
+    last = (await upload("users", csv)).json()["data"]["id"]
+    await run_worker()
+    assert await scalar(session_factory, ledger, id=last) == split
+
 
 async def test_a_later_row_of_a_key_wins_even_when_its_input_is_the_stored_one(
     create_importer: CreateImporter,
