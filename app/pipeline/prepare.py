@@ -7,6 +7,11 @@ again with the same cells under the same definition is unchanged without being v
 canonicalised or written: the same cells under the same definition always give the same typed
 data. Only its key is computed, from the key fields alone, to find its record.
 
+A row's record is first looked up by the row's key cells as they stand, where a valid key's
+text is its cells (text types, no transforms): a record found that way with the row's input
+hash came from the very same cells, so its key is the row's key and none is computed. The
+other rows get their key computed from the key fields alone, and are looked up by it.
+
 The shortcut applies where an existing record leads to a content comparison, i.e. for
 ``on_duplicate`` update and update_if_newer (skip and fail decide on the key alone), and only
 to a key that one row of the chunk has (with two, the earlier row may change the record before
@@ -56,6 +61,30 @@ def definition_salt(definition: ImporterDefinition) -> bytes:
     return hashlib.md5(orjson.dumps(dump, option=orjson.OPT_SORT_KEYS)).digest()
 
 
+# Types whose valid value is the cell as given (email and url strip outer spaces: a cell
+# that has some names no record, and its key is computed).
+_CELL_TYPES = ("string", "email", "url")
+
+
+def _key_cells(
+    definition: ImporterDefinition, sources: dict[str, str | None]
+) -> Callable[[dict[str, Any]], str] | None:
+    """The row's key cells joined as a record key is, when a valid key's text is its cells."""
+    if definition.action == "append":
+        return None
+    columns = [sources.get(name) for name in definition.key]
+    specs = [definition.fields[name] for name in definition.key]
+    if any(spec.type not in _CELL_TYPES or spec.transform for spec in specs):
+        return None
+    present = [column for column in columns if column is not None]
+    if len(present) < len(columns):
+        return None
+    if len(present) == 1:
+        return operator.itemgetter(present[0])
+    cells = operator.itemgetter(*present)
+    return lambda original: "|".join(cells(original))
+
+
 class ChunkValidator:
     """Validates the rows of one run (one definition and header): build once, call per chunk."""
 
@@ -70,21 +99,55 @@ class ChunkValidator:
         # no column depends on the file, so it is part of the salt with the definition.
         self._sources = [source for source in plan.sources.values() if source is not None]
         present = [name for name, source in plan.sources.items() if source is not None]
-        self._salt = definition_salt(definition) + orjson.dumps(present)
+        # Fed the salt once; each row's hash continues a copy of it.
+        self._salted = hashlib.md5(definition_salt(definition) + orjson.dumps(present))
+        self._key_cells = _key_cells(definition, plan.sources)
 
-    def keys(self, raws: list[RawRow]) -> list[tuple[str, str] | None]:
-        """Per raw row, its (key, input hash) when the shortcut may apply to it, else None."""
-        keyed: list[tuple[str, str] | None] = [None] * len(raws)
+    def hashes(self, raws: list[RawRow]) -> list[tuple[str | None, str] | None]:
+        """Per raw row, when the shortcut may apply to it: its key cells as they stand (None
+        where a key's text need not be its cells) and its input hash; else None."""
+        hashed: list[tuple[str | None, str] | None] = [None] * len(raws)
         if not self._shortcut:
-            return keyed
+            return hashed
         readable = [i for i, raw in enumerate(raws) if raw[2] is None]
         originals = [raws[i][1] for i in readable]
-        keys = self._validator.keys_many(originals)
         texts = self._texts(originals)
-        salt = self._salt
-        for i, key, text in zip(readable, keys, texts, strict=True):
-            if key is not None and text is not None:
-                keyed[i] = (key, hashlib.md5(salt + text.encode()).hexdigest())
+        key_cells, salted = self._key_cells, self._salted
+        for i, original, text in zip(readable, originals, texts, strict=True):
+            if text is not None:  # so every mapped cell is there, as text
+                digest = salted.copy()
+                digest.update(text.encode())
+                cells = None if key_cells is None else key_cells(original)
+                hashed[i] = (cells, digest.hexdigest())
+        return hashed
+
+    def keys(
+        self,
+        raws: list[RawRow],
+        hashed: list[tuple[str | None, str] | None] | None = None,
+        known: dict[str, Known] | None = None,
+    ) -> list[tuple[str, str] | None]:
+        """Per raw row, its (key, input hash) when the shortcut may apply to it, else None.
+        A row whose key cells name a record in `known` that has the row's input hash has
+        that key; the other rows' keys are computed, from the key fields alone."""
+        if hashed is None:
+            hashed = self.hashes(raws)
+        known = known or {}
+        keyed: list[tuple[str, str] | None] = [None] * len(raws)
+        rest: list[tuple[int, str]] = []
+        for i, given in enumerate(hashed):
+            if given is None:
+                continue
+            cells, digest = given
+            record = None if cells is None else known.get(cells)
+            if cells is not None and record is not None and record.input_hash == digest:
+                keyed[i] = (cells, digest)
+            else:
+                rest.append((i, digest))
+        computed = self._validator.keys_many([raws[i][1] for i, _ in rest])
+        for (i, digest), key in zip(rest, computed, strict=True):
+            if key is not None:
+                keyed[i] = (key, digest)
         return keyed
 
     def _texts(self, originals: list[dict[str, Any]]) -> Sequence[str | None]:

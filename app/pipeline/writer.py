@@ -490,11 +490,16 @@ async def _plan(
     in_file: bool,
 ) -> Plan:
     validator = _validator(definition, run_id, run["columns"])
-    # Existing records first, by the keys computed from key fields alone: rows whose input
-    # is the one that wrote their record need no validation (prepare.py).
-    keyed = validator.keys(raws)
-    looked_up = {k[0] for k in keyed if k is not None}
+    # Existing records first, by the rows' key cells, then by the keys computed from key
+    # fields alone for the rows not found so: rows whose input is the one that wrote their
+    # record need no validation (prepare.py).
+    hashed = validator.hashes(raws)
+    looked_up = {h[0] for h in hashed if h is not None and h[0] is not None}
     existing = await fetch_existing(conn, definition, list(looked_up))
+    keyed = validator.keys(raws, hashed, existing)
+    computed = {k[0] for k in keyed if k is not None} - looked_up
+    existing.update(await fetch_existing(conn, definition, list(computed)))
+    looked_up |= computed
     rows, unchanged = validator.validate(raws, keyed, existing)
     if definition.action != "append":
         rest = {r.key for r in rows if r.key is not None and r.key not in looked_up}

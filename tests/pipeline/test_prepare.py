@@ -6,7 +6,7 @@ import pytest
 
 from app.importers.schemas import ImporterDefinition
 from app.pipeline.chunks import RawRow
-from app.pipeline.prepare import ChunkValidator
+from app.pipeline.prepare import ChunkValidator, Known
 
 FIELDS = {"email": {"type": "email"}, "name": {"type": "string"}, "age": {"type": "integer"}}
 COLUMNS = ["email", "name", "age", "unmapped"]
@@ -71,3 +71,47 @@ def test_hashes_change_with_the_definition_and_are_not_taken_where_they_cannot_a
     # skip and fail decide on the key alone, and append has no key to look up.
     assert chunk_validator(on_duplicate="skip").keys([row]) == [None]
     assert chunk_validator(action="append", key=[]).keys([row]) == [None]
+
+
+def test_a_row_found_by_its_key_cells_with_its_input_hash_has_that_key_uncomputed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    validator = chunk_validator()
+    rows = [
+        raw(1, email="a@example.com", name="Ada", age="36", unmapped=""),
+        raw(2, email="b@example.com", name="Bob", age="40", unmapped=""),
+        raw(3, email=" c@example.com", name="Cy", age="50", unmapped=""),
+    ]
+    hashed = validator.hashes(rows)
+    given = [h for h in hashed if h is not None]
+    assert [cells for cells, _ in given] == [r[1]["email"] for r in rows]
+    first = validator.keys(rows, hashed, {})
+    known = {
+        "a@example.com": Known("content", None, given[0][1]),
+        "b@example.com": Known("content", None, "another input"),
+        # Row 3's cells are not its key (an email loses its outer spaces).
+        "c@example.com": Known("content", None, given[2][1]),
+    }
+    computed: list[list[dict[str, Any]]] = []
+    keys_many = validator._validator.keys_many
+
+    def counted(originals: list[dict[str, Any]]) -> list[str | None]:
+        computed.append(originals)
+        return keys_many(originals)
+
+    monkeypatch.setattr(validator._validator, "keys_many", counted)
+    assert validator.keys(rows, hashed, known) == first
+    assert first[2] is not None and first[2][0] == "c@example.com"
+    assert [[original["name"] for original in batch] for batch in computed] == [["Bob", "Cy"]]
+
+
+def test_key_cells_stand_for_a_key_only_where_a_valid_key_is_its_cells() -> None:
+    row = raw(1, email="A@Example.com", name="Ada", age="36", unmapped="")
+    (lowered,) = chunk_validator(
+        fields={**FIELDS, "email": {"type": "email", "transform": ["lower"]}}
+    ).hashes([row])
+    assert lowered is not None and lowered[0] is None
+    (by_age,) = chunk_validator(key=["age"]).hashes([row])
+    assert by_age is not None and by_age[0] is None
+    (both,) = chunk_validator(key=["email", "name"]).hashes([row])
+    assert both is not None and both[0] == "A@Example.com|Ada"
