@@ -66,7 +66,9 @@ def python_steps(path: Path) -> tuple[list[tuple[str, float]], list[Any], list[A
         return [
             [
                 (first + i, data, error, False)
-                for i, (data, error) in enumerate(read_slice(path, columns, slice_of(path, *span)))
+                for i, (data, error) in enumerate(
+                    read_slice(path, columns, slice_of(path, *span), cells=True)
+                )
             ]
             for first, span in zip(range(1, rows, 1000), spans, strict=True)
         ]

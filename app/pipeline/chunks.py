@@ -10,20 +10,31 @@ chunk is applied, so that it runs in parallel on every worker rather than in the
 
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+# A row's original data: a dict, or for a well-formed row of a CSV byte range its cells in
+# the header's order, made a dict only where one is needed (`original_dict`).
+Original = dict[str, Any] | list[str]
+
 # row number, original data, read error (e.g. a ragged CSV row), duplicate of an earlier key
-RawRow = tuple[int, dict[str, Any], str | None, bool]
+RawRow = tuple[int, Original, str | None, bool]
+
+
+def original_dict(original: Original, columns: Sequence[str]) -> dict[str, Any]:
+    if isinstance(original, dict):
+        return original
+    return dict(zip(columns, original, strict=True))
 
 
 @dataclass(slots=True)
 class ChunkRow:
     row_number: int
-    original: dict[str, Any]
+    original: Original
     data: dict[str, Any] | None  # typed fields; None when the row failed validation
     key: str | None
     errors: dict[str, Any] | None  # {"message": ..., "validation": {...}}

@@ -29,14 +29,14 @@ from typing import Any
 import orjson
 
 from app.importers.schemas import ImporterDefinition
-from app.pipeline.chunks import ChunkRow, RawRow
-from app.pipeline.mapping import plan_columns
-from app.pipeline.validation import RowValidator
+from app.pipeline.chunks import ChunkRow, Original, RawRow, original_dict
+from app.pipeline.mapping import ColumnPlan, plan_columns
+from app.pipeline.validation import RowResult, RowValidator
 
 INVALID = "The given data was invalid."
 
 # A row known unchanged by its input hash: row number, record key, original data.
-Unchanged = tuple[int, str, dict[str, Any]]
+Unchanged = tuple[int, str, Original]
 
 
 @dataclass(slots=True)
@@ -52,7 +52,7 @@ class Known:
 _SEPARATOR = "\x1f"
 
 
-def _single(source: str) -> Callable[[dict[str, Any]], tuple[Any]]:
+def _single(source: str | int) -> Callable[[Any], tuple[Any]]:
     return lambda original: (original[source],)
 
 
@@ -67,22 +67,40 @@ _CELL_TYPES = ("string", "email", "url")
 
 
 def _key_cells(
-    definition: ImporterDefinition, sources: dict[str, str | None]
-) -> Callable[[dict[str, Any]], str] | None:
-    """The row's key cells joined as a record key is, when a valid key's text is its cells."""
+    definition: ImporterDefinition, sources: dict[str, str | None], at: dict[str, Any]
+) -> Callable[[Any], str] | None:
+    """The row's key cells joined as a record key is, when a valid key's text is its cells;
+    `at` maps a column to where a row holds its cell (its name, or its position)."""
     if definition.action == "append":
         return None
     columns = [sources.get(name) for name in definition.key]
     specs = [definition.fields[name] for name in definition.key]
     if any(spec.type not in _CELL_TYPES or spec.transform for spec in specs):
         return None
-    present = [column for column in columns if column is not None]
+    present = [at[column] for column in columns if column is not None]
     if len(present) < len(columns):
         return None
     if len(present) == 1:
         return operator.itemgetter(present[0])
     cells = operator.itemgetter(*present)
     return lambda original: "|".join(cells(original))
+
+
+class _Layout:
+    """How a chunk's rows hold their cells: dicts by column name, or lists (a CSV byte
+    range's well-formed rows) by position in the header."""
+
+    def __init__(
+        self, definition: ImporterDefinition, plan: ColumnPlan, at: dict[str, Any]
+    ) -> None:
+        sources = [at[source] for source in plan.sources.values() if source is not None]
+        self.sources: Callable[[Any], tuple[Any, ...]] | None = None
+        if len(sources) > 1:
+            self.sources = operator.itemgetter(*sources)
+        elif sources:
+            self.sources = _single(sources[0])
+        self.key_cells = _key_cells(definition, plan.sources, at)
+        self.at = at
 
 
 class ChunkValidator:
@@ -101,7 +119,14 @@ class ChunkValidator:
         present = [name for name, source in plan.sources.items() if source is not None]
         # Fed the salt once; each row's hash continues a copy of it.
         self._salted = hashlib.md5(definition_salt(definition) + orjson.dumps(present))
-        self._key_cells = _key_cells(definition, plan.sources)
+        self._columns = columns
+        self._by_name = _Layout(definition, plan, {column: column for column in columns})
+        self._by_position = _Layout(
+            definition, plan, {column: i for i, column in enumerate(columns)}
+        )
+
+    def _layout(self, originals: Sequence[Original]) -> _Layout:
+        return self._by_position if originals and type(originals[0]) is list else self._by_name
 
     def hashes(self, raws: list[RawRow]) -> list[tuple[str | None, str] | None]:
         """Per raw row, when the shortcut may apply to it: its key cells as they stand (None
@@ -112,7 +137,7 @@ class ChunkValidator:
         readable = [i for i, raw in enumerate(raws) if raw[2] is None]
         originals = [raws[i][1] for i in readable]
         texts = self._texts(originals)
-        key_cells, salted = self._key_cells, self._salted
+        key_cells, salted = self._layout(originals).key_cells, self._salted
         for i, original, text in zip(readable, originals, texts, strict=True):
             if text is not None:  # so every mapped cell is there, as text
                 digest = salted.copy()
@@ -144,24 +169,37 @@ class ChunkValidator:
                 keyed[i] = (cells, digest)
             else:
                 rest.append((i, digest))
-        computed = self._validator.keys_many([raws[i][1] for i, _ in rest])
+        computed = self._keys_of([raws[i][1] for i, _ in rest])
         for (i, digest), key in zip(rest, computed, strict=True):
             if key is not None:
                 keyed[i] = (key, digest)
         return keyed
 
-    def _texts(self, originals: list[dict[str, Any]]) -> Sequence[str | None]:
+    def _keys_of(self, originals: list[Original]) -> list[str | None]:
+        layout = self._layout(originals)
+        if layout is self._by_name or not originals:
+            return self._validator.keys_many(self._originals(originals))
+        at = layout.at
+        key_columns = self._validator.key_columns
+        return self._validator.keys_of(
+            [[original[at[column]] for original in originals] for column in key_columns]
+        )
+
+    def _originals(self, originals: list[Original]) -> list[dict[str, Any]]:
+        columns = self._columns
+        return [original_dict(original, columns) for original in originals]
+
+    def _texts(self, originals: list[Original]) -> Sequence[str | None]:
         """Per row, its mapped cells joined, or None when they cannot stand for the row: a
         value that is not text (XLSX or JSON: it could share its text with a string that
         types differently), or a cell that holds the separator."""
-        sources, separators = self._sources, len(self._sources) - 1
-        if not sources:
+        cells, separators = self._layout(originals).sources, len(self._sources) - 1
+        if cells is None:
             return [""] * len(originals)
-        cells = operator.itemgetter(*sources) if separators else _single(sources[0])
         try:
             texts: list[str] = list(map(_SEPARATOR.join, map(cells, originals)))
         except (KeyError, TypeError):  # a JSON object without a column, or a value not text
-            return [self._text(original) for original in originals]
+            return [self._text(original) for original in self._originals(originals)]
         if "".join(texts).count(_SEPARATOR) == separators * len(texts):
             return texts
         return [text if text.count(_SEPARATOR) == separators else None for text in texts]
@@ -199,7 +237,7 @@ class ChunkValidator:
                     pending.append(i)
             else:
                 pending.append(i)
-        results = self._validator.validate_many([raws[i][1] for i in pending])
+        results = self._validate([raws[i][1] for i in pending])
         for i, result in zip(pending, results, strict=True):
             number, original, _, duplicate = raws[i]
             if result.errors:
@@ -212,3 +250,14 @@ class ChunkValidator:
                     number, original, result.data, result.key, None, duplicate, input_hash
                 )
         return [row for row in rows if row is not None], unchanged
+
+    def _validate(self, originals: list[Original]) -> list[RowResult]:
+        layout = self._layout(originals)
+        if layout is self._by_name or not originals:
+            return self._validator.validate_many(self._originals(originals))
+        # Cells by column at once; a field without a column ignores its cells.
+        by_position = list(map(list, zip(*originals, strict=True)))
+        at, blank = layout.at, [None] * len(originals)
+        return self._validator.validate_columns(
+            [by_position[at[c]] if c in at else blank for c in self._validator.columns]
+        )

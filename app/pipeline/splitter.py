@@ -85,6 +85,7 @@ class Splitter:
 
     def __init__(self, definition: ImporterDefinition, columns: list[str]):
         plan = plan_columns(definition, columns)  # a missing key column fails the run now
+        self.columns = columns
         self.key_validator: RowValidator | None = None
         self.seen: _SeenExactly | _SeenProbably | None = None
         self.key_positions: list[int] = []  # of the key fields' columns, in the key's order
@@ -99,11 +100,15 @@ class Splitter:
                 columns.index(column) for column in self.key_validator.key_columns
             ]
 
-    def duplicates(self, originals: list[dict[str, Any] | None]) -> list[bool]:
+    def duplicates(self, originals: list[chunks.Original | None]) -> list[bool]:
         """Per row (None for one that cannot be read), whether an earlier row had its key."""
         if self.key_validator is None:
             return [False] * len(originals)
-        readable = [original for original in originals if original is not None]
+        readable = [
+            chunks.original_dict(original, self.columns)
+            for original in originals
+            if original is not None
+        ]
         return self._mark(originals, self.key_validator.keys_many(readable))
 
     def duplicates_of(self, cells: list[list[str] | None]) -> list[bool]:

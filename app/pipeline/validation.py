@@ -723,11 +723,19 @@ class RowValidator:
 
     def validate_many(self, rows: list[dict[str, Any]]) -> list[RowResult]:
         """`validate` of each row, computed a column at a time."""
+        return self.validate_columns([[row.get(column) for row in rows] for column in self.columns])
+
+    @property
+    def columns(self) -> list[str]:
+        """The input column of each field, in field order (any name for a field without
+        one: its cells are ignored)."""
+        return [column for _, column, _ in self._fields]
+
+    def validate_columns(self, cells: list[list[Any]]) -> list[RowResult]:
+        """`validate_many` of rows given as the cells of each field's column, in field
+        order."""
         names = [name for name, _, _ in self._fields]
-        columns = [
-            batch([row.get(column) for row in rows])
-            for (_, column, _), batch in zip(self._fields, self._batches, strict=True)
-        ]
+        columns = [batch(column) for column, batch in zip(cells, self._batches, strict=True)]
         failed: set[int] = set()
         for values in columns:
             if _Failed in set(map(type, values)):  # most columns have no failure: no scan

@@ -12,7 +12,7 @@ a byte range of the run's input file: other rows are read back from that file wh
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from app.pipeline import lifecycle
 from app.pipeline.chunks import (
     ChunkRow,
     RawRow,
+    original_dict,
     payload_path,
     read_payload,
     remove_run_payloads,
@@ -108,10 +109,12 @@ def plan_chunk(
     log_all: bool,
     copy_originals: bool = True,
     unchanged: Sequence[Unchanged] = (),
+    columns: Sequence[str] = (),
 ) -> Plan:
     """Decide every row's outcome, in row order, as if rows were applied one by one; rows
     known `unchanged` by their input hash (one row per key in the chunk) are counted apart.
-    `copy_originals` False: only failed rows keep their original data in the row log."""
+    `copy_originals` False: only failed rows keep their original data in the row log.
+    `columns` name the cells of originals given as lists."""
     plan = Plan()
     strategy = definition.on_duplicate
     compare = definition.compare_field
@@ -185,7 +188,9 @@ def plan_chunk(
                     status,
                     outcome,
                     key,
-                    _json(row.original) if copy_originals or status == "failed" else None,
+                    _json(original_dict(row.original, columns))
+                    if copy_originals or status == "failed"
+                    else None,
                     _json(errors) if errors else None,
                 )
             )
@@ -202,7 +207,7 @@ def plan_chunk(
                     "success",
                     "unchanged",
                     key,
-                    _json(original) if copy_originals else None,
+                    _json(original_dict(original, columns)) if copy_originals else None,
                     None,
                 )
                 for number, key, original in unchanged
@@ -370,7 +375,7 @@ def read_chunk(
     assert file_key is not None  # byte ranges are cut from an input file
     path = path_for(storage_dir, file_key)
     part = slice_of(path, chunk["byte_start"], chunk["byte_end"])
-    rows = read_slice(path, columns, part)
+    rows = read_slice(path, columns, part, cells=True)
     if len(rows) != chunk["row_count"]:
         raise ReadError(f"The input file changed: chunk {index} no longer has its rows.")
     numbers = range(chunk["first_row"], chunk["first_row"] + len(rows))
@@ -467,12 +472,16 @@ async def _apply(
         if plan.staged:
             from app.items.staging import stage_rows
 
+            columns = run["columns"] or []
             await stage_rows(
                 conn,
                 run_id=run_id,
                 definition=definition,
                 source_id=run["source_id"],
-                rows=plan.staged,
+                rows=[
+                    replace(row, original=original_dict(row.original, columns))
+                    for row in plan.staged
+                ],
             )
     if plan.log:
         await conn.copy_records_to_table("run_rows", records=plan.log, columns=ROW_LOG_COLUMNS)
@@ -516,6 +525,7 @@ async def _plan(
         log_all=log_all,
         copy_originals=not in_file,
         unchanged=unchanged,
+        columns=run["columns"] or (),
     )
 
 
@@ -583,7 +593,8 @@ async def fail_chunk(
             plan.failed = chunk["row_count"]
         for number, original, _, _ in rows:
             plan.failed += 1
-            plan.log.append((run_id, number, "failed", None, None, _json(original), errors))
+            data = _json(original_dict(original, chunk["columns"] or ()))
+            plan.log.append((run_id, number, "failed", None, None, data, errors))
         if plan.log:
             await conn.copy_records_to_table("run_rows", records=plan.log, columns=ROW_LOG_COLUMNS)
         await _close_chunk(conn, run_id, index, "failed")

@@ -265,6 +265,26 @@ async def test_a_file_split_before_reuses_that_split_until_the_importer_changes(
     assert await scalar(session_factory, ledger, id=last) == split
 
 
+async def test_a_csv_row_staged_for_review_keeps_its_original_cells_by_column(
+    create_importer: CreateImporter,
+    upload: Upload,
+    run_worker: RunWorker,
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    await create_importer(key=["email"], fields=USER_FIELDS, approval="manual")
+    run_id = (await upload("users", USERS_CSV)).json()["data"]["id"]
+    await run_worker()
+    assert (await run_of(session_factory, run_id))["summary"]["staged"] == 3
+    response = await client.get(f"{API}/items", headers=admin_headers)
+    assert response.status_code == 200, response.text
+    ada = next(i for i in response.json()["data"] if i["key"] == "ada@example.com")
+    assert ada["row_number"] == 1
+    assert ada["original"] == {"Email": "ada@example.com", "Name": "Ada", "Age": "36"}
+    assert ada["data"] == {"email": "ada@example.com", "name": "Ada", "age": 36}
+
+
 async def test_a_later_row_of_a_key_wins_even_when_its_input_is_the_stored_one(
     create_importer: CreateImporter,
     upload: Upload,

@@ -115,3 +115,29 @@ def test_key_cells_stand_for_a_key_only_where_a_valid_key_is_its_cells() -> None
     assert by_age is not None and by_age[0] is None
     (both,) = chunk_validator(key=["email", "name"]).hashes([row])
     assert both is not None and both[0] == "A@Example.com|Ada"
+
+
+def test_rows_given_as_cells_hash_key_and_validate_as_the_same_rows_as_dicts() -> None:
+    """A CSV byte range's rows come as lists of cells in the header's order."""
+    validator = chunk_validator()
+    cells = [
+        ["a@example.com", "Ada", "36", "x"],
+        ["b@example.com", "Bob", "not a number", ""],
+        ["not an email", "Cy", "1", ""],
+        ["'=d@example.com", "'=Dan", "7", ""],
+    ]
+    as_lists: list[RawRow] = [(i, row, None, False) for i, row in enumerate(cells, start=1)]
+    as_dicts: list[RawRow] = [
+        (i, dict(zip(COLUMNS, row, strict=True)), None, False)
+        for i, row in enumerate(cells, start=1)
+    ]
+    assert validator.hashes(as_lists) == validator.hashes(as_dicts)
+    keyed = validator.keys(as_dicts)
+    assert validator.keys(as_lists) == keyed
+    known = {"a@example.com": Known("content", None, "another input")}
+    from_lists, _ = validator.validate(as_lists, keyed, known)
+    from_dicts, _ = validator.validate(as_dicts, keyed, known)
+    assert [(r.data, r.key, r.errors, r.input_hash) for r in from_lists] == [
+        (r.data, r.key, r.errors, r.input_hash) for r in from_dicts
+    ]
+    assert from_dicts[1].errors is not None and from_dicts[0].key == "a@example.com"

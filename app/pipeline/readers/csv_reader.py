@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, TextIO, overload
 
 from app.pipeline.readers.base import (
     MAX_COLUMNS,
@@ -178,16 +178,42 @@ def _layout(path: str, size: int, mtime_ns: int) -> tuple[str, str]:
         return table.codec, table.delimiter
 
 
+@overload
 def read_slice(
     path: Path,
     columns: list[str],
     part: CsvSlice,
     *,
     limit: int | None = None,
+    cells: Literal[False] = False,
     max_field_bytes: int = 1_048_576,
-) -> list[tuple[dict[str, Any], str | None]]:
+) -> list[tuple[dict[str, Any], str | None]]: ...
+
+
+@overload
+def read_slice(
+    path: Path,
+    columns: list[str],
+    part: CsvSlice,
+    *,
+    limit: int | None = None,
+    cells: Literal[True],
+    max_field_bytes: int = 1_048_576,
+) -> list[tuple[dict[str, Any] | list[str], str | None]]: ...
+
+
+def read_slice(
+    path: Path,
+    columns: list[str],
+    part: CsvSlice,
+    *,
+    limit: int | None = None,
+    cells: bool = False,
+    max_field_bytes: int = 1_048_576,
+) -> list[tuple[Any, str | None]]:
     """The rows of one byte range of a file whose header was read before, as `rows()` gave
-    them then (the first `limit` of them, if given). A range is one chunk, so it is read
+    them then (the first `limit` of them, if given); with `cells`, a row of the header's
+    width comes as its list of cells rather than a dict. A range is one chunk, so it is read
     whole: when every row has the header's width (the common case), rows are built without
     a Python step per row."""
     csv.field_size_limit(max_field_bytes)
@@ -204,27 +230,41 @@ def read_slice(
             lines = _ByteLines(raw, part.codec, part.end)
         reader = csv.reader(lines, delimiter=part.delimiter)
         try:
-            cells = list(itertools.islice(reader, limit))
-            if cells and set(map(len, cells)) != {len(columns)}:
+            rows = list(itertools.islice(reader, limit))
+            if rows and set(map(len, rows)) != {len(columns)}:
                 # Ragged or blank rows among them; a blank line is no row, so read on.
-                shaped = _shaped(columns, itertools.chain(cells, reader))
+                shaped = _shaped(columns, itertools.chain(rows, reader), cells=cells)
                 return list(itertools.islice(shaped, limit))
         except csv.Error as exc:
             raise _csv_error(exc, reader.line_num, max_field_bytes) from exc
         except UnicodeDecodeError as exc:
             raise _decode_error(part.codec, reader.line_num) from exc
-    return list(zip(map(dict, map(zip, itertools.repeat(columns), cells)), itertools.repeat(None)))
+    if cells:
+        return list(zip(rows, itertools.repeat(None)))
+    return list(zip(map(dict, map(zip, itertools.repeat(columns), rows)), itertools.repeat(None)))
+
+
+@overload
+def _shaped(
+    columns: list[str], rows: Iterable[list[str]], *, cells: Literal[False] = False
+) -> Iterator[tuple[dict[str, Any], str | None]]: ...
+
+
+@overload
+def _shaped(
+    columns: list[str], rows: Iterable[list[str]], *, cells: bool
+) -> Iterator[tuple[dict[str, Any] | list[str], str | None]]: ...
 
 
 def _shaped(
-    columns: list[str], rows: Iterable[list[str]]
-) -> Iterator[tuple[dict[str, Any], str | None]]:
+    columns: list[str], rows: Iterable[list[str]], *, cells: bool = False
+) -> Iterator[tuple[dict[str, Any] | list[str], str | None]]:
     """Parsed rows as (data, read error): a row of another width than the header's is an
-    error row, and a blank line is no row."""
+    error row (its data a dict), and a blank line is no row."""
     width = len(columns)
     for row in rows:
         if len(row) == width:
-            yield dict(zip(columns, row, strict=True)), None
+            yield (row if cells else dict(zip(columns, row, strict=True))), None
             continue
         if not any(cell.strip() for cell in row):
             continue  # blank line
