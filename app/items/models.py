@@ -2,7 +2,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSON, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.db import Base, TimestampMixin
@@ -50,7 +50,8 @@ class Item(TimestampMixin, Base):
     key: Mapped[str | None] = mapped_column(Text)
     title: Mapped[str | None] = mapped_column(Text)
     data: Mapped[dict[str, Any]] = mapped_column(JSONB)
-    original: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # json, not jsonb: kept as sent, in the input's column order.
+    original: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     content_hash: Mapped[str | None] = mapped_column(String(32))
     duplicates: Mapped[list[dict[str, Any]]] = mapped_column(
         JSONB, server_default=text("'[]'::jsonb")

@@ -32,7 +32,7 @@ _COLUMNS = (
 _UNNEST = (
     "SELECT $1::text, 'pending', $2::int, $3::int, $4::int, t.row_number, t.external_id, "
     "$5::text, t.key, t.title, t.data, t.original, t.hash "
-    "FROM unnest($6::int[], $7::text[], $8::text[], $9::text[], $10::jsonb[], $11::jsonb[], "
+    "FROM unnest($6::int[], $7::text[], $8::text[], $9::text[], $10::jsonb[], $11::json[], "
     "$12::text[]) AS t(row_number, external_id, key, title, data, original, hash)"
 )
 
