@@ -2,15 +2,14 @@
 
 Every row gets an *input hash*: the MD5 of its mapped cells (in field order) salted with the
 importer definition and the fields the file has. Records keep the input hash of the row that
-wrote them, so a row sent
-again with the same cells under the same definition is unchanged without being validated,
-canonicalised or written: the same cells under the same definition always give the same typed
-data. Only its key is computed, from the key fields alone, to find its record.
+wrote them, so a row sent again with the same cells under the same definition is unchanged
+without being validated, canonicalised or written: the same cells under the same definition
+always give the same typed data. Only its record is needed, found by key.
 
-A row's record is first looked up by the row's key cells as they stand, where a valid key's
-text is its cells (text types, no transforms): a record found that way with the row's input
-hash came from the very same cells, so its key is the row's key and none is computed. The
-other rows get their key computed from the key fields alone, and are looked up by it.
+Records are first looked up by the rows' key cells as they stand, where a valid key's text is
+its cells (text types, no transforms): a record found that way that has the row's input hash
+came from the very same cells, so its key is the row's key, and no key is computed. The other
+rows get their key computed from the key fields alone, and are looked up by it.
 
 The shortcut applies where an existing record leads to a content comparison, i.e. for
 ``on_duplicate`` update and update_if_newer (skip and fail decide on the key alone), and only
@@ -61,8 +60,8 @@ def definition_salt(definition: ImporterDefinition) -> bytes:
     return hashlib.md5(orjson.dumps(dump, option=orjson.OPT_SORT_KEYS)).digest()
 
 
-# Types whose valid value is the cell as given (email and url strip outer spaces: a cell
-# that has some names no record, and its key is computed).
+# Types whose valid value is the cell as given. (Email and url values lose outer spaces: a
+# cell that has some finds no record by its cells, and gets its key computed.)
 _CELL_TYPES = ("string", "email", "url")
 
 
