@@ -92,6 +92,7 @@ def python_steps(path: Path) -> tuple[list[tuple[str, float]], list[Any], list[A
                     log_all=True,
                     copy_originals=False,
                     unchanged=unchanged,
+                    columns=columns,
                 )
             )
         return made

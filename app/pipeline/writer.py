@@ -107,9 +107,9 @@ def plan_chunk(
     run_id: int,
     stage: bool,
     log_all: bool,
+    columns: Sequence[str],
     copy_originals: bool = True,
     unchanged: Sequence[Unchanged] = (),
-    columns: Sequence[str] = (),
 ) -> Plan:
     """Decide every row's outcome, in row order, as if rows were applied one by one; rows
     known `unchanged` by their input hash (one row per key in the chunk) are counted apart.
