@@ -23,7 +23,7 @@ import operator
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -85,6 +85,11 @@ def _key_cells(
     return lambda original: "|".join(cells(original))
 
 
+def _lists(originals: list[Original]) -> list[list[str]]:
+    """`originals` known to be lists of cells (their layout is by position)."""
+    return cast(list[list[str]], originals)
+
+
 class _Layout:
     """How a chunk's rows hold their cells: dicts by column name, or lists (a CSV byte
     range's well-formed rows) by position in the header."""
@@ -99,7 +104,6 @@ class _Layout:
         elif sources:
             self.sources = _single(sources[0])
         self.key_cells = _key_cells(definition, plan.sources, at)
-        self.at = at
 
 
 class ChunkValidator:
@@ -175,14 +179,9 @@ class ChunkValidator:
         return keyed
 
     def _keys_of(self, originals: list[Original]) -> list[str | None]:
-        layout = self._layout(originals)
-        if layout is self._by_name or not originals:
-            return self._validator.keys_many(self._originals(originals))
-        at = layout.at
-        key_columns = self._validator.key_columns
-        return self._validator.keys_of(
-            [[original[at[column]] for original in originals] for column in key_columns]
-        )
+        if self._layout(originals) is self._by_position:
+            return self._validator.keys_of_lists(_lists(originals), self._columns)
+        return self._validator.keys_many(self._originals(originals))
 
     def _originals(self, originals: list[Original]) -> list[dict[str, Any]]:
         columns = self._columns
@@ -251,12 +250,6 @@ class ChunkValidator:
         return [row for row in rows if row is not None], unchanged
 
     def _validate(self, originals: list[Original]) -> list[RowResult]:
-        layout = self._layout(originals)
-        if layout is self._by_name or not originals:
-            return self._validator.validate_many(self._originals(originals))
-        # Cells by column at once; a field without a column ignores its cells.
-        by_position = list(map(list, zip(*originals, strict=True)))
-        at, blank = layout.at, [None] * len(originals)
-        return self._validator.validate_columns(
-            [by_position[at[c]] if c in at else blank for c in self._validator.columns]
-        )
+        if self._layout(originals) is self._by_position:
+            return self._validator.validate_lists(_lists(originals), self._columns)
+        return self._validator.validate_many(self._originals(originals))

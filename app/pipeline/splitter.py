@@ -88,7 +88,6 @@ class Splitter:
         self.columns = columns
         self.key_validator: RowValidator | None = None
         self.seen: _SeenExactly | _SeenProbably | None = None
-        self.key_positions: list[int] = []  # of the key fields' columns, in the key's order
         if definition.action != "append":
             key_fields = {name: definition.fields[name] for name in definition.key}
             self.key_validator = RowValidator(
@@ -96,9 +95,6 @@ class Splitter:
             )
             exact = definition.on_duplicate in ("skip", "fail")
             self.seen = _SeenExactly() if exact else _SeenProbably()
-            self.key_positions = [
-                columns.index(column) for column in self.key_validator.key_columns
-            ]
 
     def duplicates(self, originals: list[chunks.Original | None]) -> list[bool]:
         """Per row (None for one that cannot be read), whether an earlier row had its key."""
@@ -116,8 +112,7 @@ class Splitter:
         if self.key_validator is None:
             return [False] * len(cells)
         readable = [row for row in cells if row is not None]
-        by_key = [[row[i] for row in readable] for i in self.key_positions]
-        return self._mark(cells, self.key_validator.keys_of(by_key))
+        return self._mark(cells, self.key_validator.keys_of_lists(readable, self.columns))
 
     def _mark(self, rows: list[Any], keys: list[str | None]) -> list[bool]:
         assert self.seen is not None

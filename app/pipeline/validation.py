@@ -705,6 +705,13 @@ class RowValidator:
         """The input columns of the key fields, in the key's order."""
         return [column for column, _ in self._key_batches]
 
+    def keys_of_lists(self, rows: list[list[Any]], columns: list[str]) -> list[str | None]:
+        """`keys_many` of rows given as lists of cells in `columns`' order."""
+        if self._key is None:
+            return [None] * len(rows)
+        at = {column: i for i, column in enumerate(columns)}
+        return self.keys_of([[row[at[column]] for row in rows] for column in self.key_columns])
+
     def keys_of(self, cells: list[list[Any]]) -> list[str | None]:
         """`keys_many` of rows given as the cells of `key_columns`, a list per column."""
         if self._key is None:
@@ -730,6 +737,15 @@ class RowValidator:
         """The input column of each field, in field order (any name for a field without
         one: its cells are ignored)."""
         return [column for _, column, _ in self._fields]
+
+    def validate_lists(self, rows: list[list[Any]], columns: list[str]) -> list[RowResult]:
+        """`validate_many` of rows given as lists of cells in `columns`' order: the rows are
+        transposed at once. A field without a column ignores its cells."""
+        if not rows:
+            return []
+        by_column = dict(zip(columns, map(list, zip(*rows, strict=True)), strict=True))
+        blank = [None] * len(rows)
+        return self.validate_columns([by_column.get(column, blank) for column in self.columns])
 
     def validate_columns(self, cells: list[list[Any]]) -> list[RowResult]:
         """`validate_many` of rows given as the cells of each field's column, in field

@@ -114,7 +114,8 @@ def plan_chunk(
     """Decide every row's outcome, in row order, as if rows were applied one by one; rows
     known `unchanged` by their input hash (one row per key in the chunk) are counted apart.
     `copy_originals` False: only failed rows keep their original data in the row log.
-    `columns` name the cells of originals given as lists."""
+    `columns` name the cells of originals given as lists: the row log and staged rows get
+    dicts."""
     plan = Plan()
     strategy = definition.on_duplicate
     compare = definition.compare_field
@@ -161,7 +162,7 @@ def plan_chunk(
             if outcome in ("created", "updated"):
                 if stage:
                     outcome = "staged"
-                    plan.staged.append(row)
+                    plan.staged.append(replace(row, original=original_dict(row.original, columns)))
                 else:
                     plan.writes[key] = (blob.decode(), digest, row.row_number, row.input_hash)
                     if outcome == "created":
@@ -472,16 +473,12 @@ async def _apply(
         if plan.staged:
             from app.items.staging import stage_rows
 
-            columns = run["columns"] or []
             await stage_rows(
                 conn,
                 run_id=run_id,
                 definition=definition,
                 source_id=run["source_id"],
-                rows=[
-                    replace(row, original=original_dict(row.original, columns))
-                    for row in plan.staged
-                ],
+                rows=plan.staged,
             )
     if plan.log:
         await conn.copy_records_to_table("run_rows", records=plan.log, columns=ROW_LOG_COLUMNS)
