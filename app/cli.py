@@ -1,12 +1,17 @@
 """The ``ingest`` command line: run the processes, and operate runs, importers and tokens."""
 
 import asyncio
+import contextlib
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -92,66 +97,182 @@ def migrate(
     typer.echo(f"database at {'revision ' + revision if down else 'the latest revision'}")
 
 
+DEV_HOST = "127.0.0.1"
+# How long the API may take to start and answer /readyz with 200.
+DEV_READY_SECONDS = 60
+# The API and the worker get this long to stop before they are killed; the servers stop
+# after them, all within the 10 s `ingest dev` promises.
+DEV_STOP_SECONDS = 5
+
+
 @cli.command()
 def dev(
-    port: Annotated[int, typer.Option(help="API port.")] = 8000,
+    port: Annotated[int, typer.Option(help="API port.", min=1, max=65535)] = 8000,
     data_dir: Annotated[Path, typer.Option(help="Where embedded servers keep data.")] = Path(
         ".ingest"
     ),
 ) -> None:
     """Everything in one process tree: embedded Postgres/Redis when no URL is set, migrations,
-    example importers, a dev admin token, the API and a worker. Ctrl-C stops it all."""
+    example importers, a dev admin token, the API and a worker. Ctrl-C, SIGTERM or closing
+    the terminal stops it all."""
     from app.core import embedded
     from app.core import migrate as migrations
 
+    _check_port(DEV_HOST, port)
     settings = get_settings()
     env = dict(os.environ)
+    signals = _StopSignals()
+    children: dict[str, subprocess.Popen[bytes]] = {}
     try:
+        signals.install()
+        # Deferred: a stop that arrives while a server starts waits until it is recorded.
         if not settings.database_url:
             typer.echo("starting embedded PostgreSQL ...")
-            env["INGEST_DATABASE_URL"] = embedded.start_postgres(data_dir.resolve() / "pg")
+            with signals.deferred():
+                env["INGEST_DATABASE_URL"] = embedded.start_postgres(data_dir.resolve() / "pg")
         if not settings.redis_url:
             typer.echo("starting embedded Redis ...")
-            env["INGEST_REDIS_URL"] = embedded.start_redis(data_dir.resolve() / "redis")
+            with signals.deferred():
+                env["INGEST_REDIS_URL"] = embedded.start_redis(data_dir.resolve() / "redis")
+        env.setdefault("INGEST_IMPORTERS_DIR", str(ROOT / "examples" / "importers"))
+        env.setdefault("INGEST_STORAGE_DIR", str(data_dir.resolve() / "storage"))
+
+        migrations.upgrade(env["INGEST_DATABASE_URL"])
+        token = asyncio.run(_dev_token(env["INGEST_DATABASE_URL"]))
+
+        exe = [sys.executable, "-m", "app.cli"]
+        with signals.deferred():
+            for name, command in (
+                ("API", ["serve", "--host", DEV_HOST, "--port", str(port)]),
+                ("worker", ["worker"]),
+            ):
+                # Their own session: a terminal's Ctrl-C or hang-up reaches `ingest dev` only,
+                # which stops the API and the worker before the servers they use.
+                children[name] = subprocess.Popen(
+                    [*exe, *command], env=env, stdin=subprocess.DEVNULL, start_new_session=True
+                )
+        _wait_until_ready(f"http://{DEV_HOST}:{port}/readyz", children)
+
+        typer.secho(f"\nIngest is up: http://{DEV_HOST}:{port}/docs", fg=typer.colors.GREEN)
+        typer.echo(f"dev admin token: {token}")
+        typer.echo(
+            f"try: curl -H 'Authorization: Bearer {token}' "
+            f"http://{DEV_HOST}:{port}/api/v1/ingest/importers"
+        )
+        typer.echo("Ctrl-C stops everything.\n")
+        while not (exited := _exited(children)):
+            time.sleep(0.2)
+        raise fail(f"the {exited}")
     except embedded.EmbeddedUnavailable as exc:
         raise fail(str(exc)) from None
-    env.setdefault("INGEST_IMPORTERS_DIR", str(ROOT / "examples" / "importers"))
-    env.setdefault("INGEST_STORAGE_DIR", str(data_dir.resolve() / "storage"))
-
-    migrations.upgrade(env["INGEST_DATABASE_URL"])
-    token = asyncio.run(_dev_token(env["INGEST_DATABASE_URL"]))
-
-    exe = [sys.executable, "-m", "app.cli"]
-    children = [
-        subprocess.Popen([*exe, "serve", "--port", str(port)], env=env),
-        subprocess.Popen([*exe, "worker"], env=env),
-    ]
-    typer.secho(f"\nIngest is up: http://127.0.0.1:{port}/docs", fg=typer.colors.GREEN)
-    typer.echo(f"dev admin token: {token}")
-    typer.echo(
-        f"try: curl -H 'Authorization: Bearer {token}' http://127.0.0.1:{port}/api/v1/ingest/importers"
-    )
-    typer.echo("Ctrl-C stops everything.\n")
-    try:
-        while all(child.poll() is None for child in children):
-            time.sleep(0.5)
-        # Ctrl-C reaches the whole process group, so the children may see it first.
-        codes = [child.returncode for child in children if child.returncode not in (None, 0)]
-        if codes:
-            typer.secho(f"a child process exited ({codes[0]}); stopping", fg="red", err=True)
-    except KeyboardInterrupt:
+    except _Stop:
         pass
     finally:
-        typer.echo("\nstopping ...")
-        _stop(children)
+        signals.stopping = True
+        # After a hang-up the terminal is gone and writing to it fails: stop all the same.
+        with contextlib.suppress(OSError):
+            typer.echo("\nstopping ...")
+        _stop(list(children.values()))
         embedded.stop_all()
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail before anything starts when the API could not listen on ``host:port``."""
+    with socket.socket() as sock:
+        # As uvicorn binds: a port only left in TIME_WAIT is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise fail(
+                    f"Port {port} on {host} is already in use; "
+                    "pass --port or stop the other process."
+                ) from None
+            raise fail(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+class _Stop(BaseException):
+    """SIGINT, SIGTERM or SIGHUP reached `ingest dev`: stop everything it started."""
+
+
+class _StopSignals:
+    """Turns SIGINT, SIGTERM and SIGHUP (a closed terminal) into one ``_Stop`` in the main
+    thread. Python's defaults would end the process on SIGTERM and SIGHUP without running
+    any clean-up, leaving the children and the embedded servers running."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self._deferring = False
+        self._pending = False
+
+    def install(self) -> None:
+        for name in ("SIGINT", "SIGTERM", "SIGHUP"):  # no SIGHUP on Windows
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.stopping:
+            return  # the stop under way has its own deadlines
+        if self._deferring:
+            self._pending = True
+            return
+        self.stopping = True
+        raise _Stop
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """A signal received inside the block stops everything once the block is done."""
+        self._deferring = True
+        try:
+            yield
+        except Exception:
+            if not self._pending:
+                raise
+            # A terminal's signal reaches the block's own children too (initdb, pg_ctl): their
+            # failure is the stop that was asked for, not an error to report.
+        finally:
+            self._deferring = False
+        if self._pending:
+            self.stopping = True
+            raise _Stop
+
+
+def _exited(children: dict[str, subprocess.Popen[bytes]]) -> str | None:
+    """``"API exited (1)"`` for the first child that has exited, else None."""
+    for name, child in children.items():
+        if child.poll() is not None:
+            return f"{name} exited ({child.returncode})"
+    return None
+
+
+def _wait_until_ready(url: str, children: dict[str, subprocess.Popen[bytes]]) -> None:
+    import httpx
+
+    deadline = time.monotonic() + DEV_READY_SECONDS
+    last = "no answer"
+    while True:
+        if exited := _exited(children):
+            raise fail(f"the {exited} before the API was ready; its output is above")
+        try:
+            # The readiness probe itself waits up to 3 s for each of Postgres and Redis.
+            response = httpx.get(url, timeout=10, trust_env=False)
+        except httpx.HTTPError as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        else:
+            if response.status_code == 200:
+                return
+            last = f"{response.status_code}: {response.text[:300]}"
+        if time.monotonic() > deadline:
+            raise fail(f"the API did not answer {url} within {DEV_READY_SECONDS} s ({last})")
+        time.sleep(0.2)
 
 
 def _stop(children: list[subprocess.Popen[bytes]]) -> None:
     for child in children:
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + DEV_STOP_SECONDS
     for child in children:
         try:
             child.wait(max(0.1, deadline - time.monotonic()))

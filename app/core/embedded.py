@@ -98,8 +98,12 @@ def start_redis(data_dir: Path) -> str:
             "--logfile",
             str(data_dir / "redis.log"),
         ],
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        # Out of the terminal's process group: Ctrl-C would stop Redis under a worker that
+        # is still shutting down. We stop it ourselves (stop_all), as pg_ctl detaches Postgres.
+        start_new_session=True,
     )
     _children.append(proc)
     deadline = time.monotonic() + 10
@@ -118,11 +122,12 @@ _children: list[subprocess.Popen[bytes]] = []
 
 @atexit.register
 def stop_all() -> None:
+    """Stop our Redis and release our PostgreSQL (stopped by the last process holding it)."""
     for proc in _children:
         if proc.poll() is None:
             proc.terminate()
             try:
-                proc.wait(5)
+                proc.wait(2)
             except subprocess.TimeoutExpired:
                 proc.kill()
     _children.clear()
