@@ -57,7 +57,7 @@ def python_steps(path: Path) -> tuple[list[tuple[str, float]], list[Any], list[A
         with open_csv(path) as table:
             splitter, batch = Splitter(importer, table.columns), []
             for _, cells in table.row_ends():
-                batch.append(cells if len(cells) == len(columns) else None)
+                batch.append(cells if cells is not None and len(cells) == len(columns) else None)
                 if len(batch) == 1000:
                     splitter.duplicates_of(batch)
                     batch = []

@@ -6,6 +6,8 @@ chunk job; other inputs (XLSX, JSON, retries, and CSV whose duplicate keys must 
 here) are read into rows and stored as payload files. It streams the input once, so memory
 stays flat; each chunk is committed (with the run's progress) before its apply job is
 enqueued. If the worker dies, the job runs again and resumes after the last committed chunk.
+A cancel stops it storing chunks, not reading: the rest of the input is still counted, so
+that the run's `total` is the input's row count.
 A file that an earlier run of the importer split already (the same bytes, the same
 definition) is not read here: that run's chunk ledger is copied.
 """
@@ -37,6 +39,8 @@ from app.runs.models import FINISHED_STATUSES, Run
 log = logging.getLogger(__name__)
 
 InputRow = tuple[int, dict[str, Any], str | None]  # row number, original data, read error
+# Rows counted, after a cancel, between two turns of the event loop.
+_COUNT_BATCH = 10_000
 
 
 class _SeenExactly:
@@ -415,7 +419,10 @@ async def _split(
             batch = []
             if cancelled:
                 break
-    if batch and not cancelled:
+    if cancelled:
+        columns = list(columns)  # those of the rows stored: JSON's grow while rows are read
+        total += await _count_rest(rows)
+    elif batch:
         batch = marked(batch)
         await store.chunk(batch[0][0], len(batch), total, columns, rows=batch)
     await store.finish(definition, total, columns, cancelled=cancelled)
@@ -439,15 +446,35 @@ async def _split_ranges(
         span = (start, end)
         return await store.chunk(first, len(keyed), total, columns, span=span, repeated=repeated)
 
-    for end, cells in table.row_ends():
+    rows = table.row_ends()
+    for end, cells in rows:
         total += 1
-        # A ragged row is an error row when the chunk is applied: it has no key.
-        keyed.append(cells if len(cells) == width else None)
+        # A ragged row, or a quote never closed, is an error row when the chunk is applied:
+        # it has no key.
+        keyed.append(cells if cells is not None and len(cells) == width else None)
         if len(keyed) >= size:
             cancelled = await store_chunk()
             first, start, keyed = first + len(keyed), end, []
             if cancelled:
                 break
-    if keyed and not cancelled:
+    if cancelled:
+        total += await _count_rest(_aiter(rows))
+    elif keyed:
         await store_chunk()
     await store.finish(definition, total, columns, cancelled=cancelled)
+
+
+async def _count_rest(rows: AsyncIterator[Any]) -> int:
+    """The rows left after a cancel, read as the chunks' rows are (a CSV file's with the csv
+    reader) but neither keyed nor stored. The event loop gets a turn now and then: chunk jobs
+    share the worker. A part that cannot be read ends the count, not the run: the run was
+    cancelled before it would have failed on it."""
+    count = 0
+    try:
+        async for _ in rows:
+            count += 1
+            if count % _COUNT_BATCH == 0:
+                await asyncio.sleep(0)
+    except ReadError:
+        pass
+    return count

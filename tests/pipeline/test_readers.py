@@ -203,6 +203,7 @@ TRICKY_CSV = {
     "blank and ragged": b"a,b\n\n1,2\n , \n3\n\n4,5,6\n,\n7,8\n",
     "cp1252": "a;b\nCaf\u00e9;\u20ac\nna\u00efve;2\n".encode("cp1252"),
     "utf-8": "a|b\n\u00e9t\u00e9|\u65e5\u672c\n\U0001f600|x\n".encode(),
+    "unterminated quote": b'a,b\n"x\ny",2\n\n3,4\r5,"six\r\n""seven""\n8,9\n',
 }
 
 

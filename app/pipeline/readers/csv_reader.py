@@ -7,6 +7,10 @@ UTF-8 and Windows-1252 files are read as bytes and decoded line by line, so the 
 the byte offset where each row ends: a run's chunks are then byte ranges of the file
 (`CsvSlice`), which chunk jobs parse in parallel, rather than rows copied into payloads. A
 chunk job reads its range whole and splits it where the splitter split its lines.
+
+A quote opened and never closed takes the rest of the file into its field. That row fails
+(`Unterminated quoted field starting on line N`), in the split and in the chunk job alike;
+a quote closed many lines later is a legal field holding line breaks.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import csv
 import functools
 import itertools
+import os
 import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -46,6 +51,8 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 _WHOLE_RANGE_BYTES = 32 * 1024 * 1024
 # A lone CR ends a line too, as in text mode with newline='' (old Mac files).
 _LONE_CR = re.compile(rb"(?<=\r)(?!\n)")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_COUNT_BLOCK_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,51 @@ class _ByteLines:
             yield line.decode(codec)
 
 
+class _Ends:
+    """Tells, for the lines given to a csv.reader, whether its last row is a quoted field
+    never closed.
+
+    Out of strict mode (which would also refuse a stray quote inside a field), csv.reader
+    gives out the open field, with the rest of the input in it, as a last row when its lines
+    run out; every other row ends with a line. So a row read after the lines ran out is that
+    field's. Watching costs nothing per line: the mark is a generator chained after them."""
+
+    def __init__(self, lines: Iterable[str]) -> None:
+        self.lines = itertools.chain(lines, self._mark())
+        self.ran_out = False  # read after each row: a row read now is an open quote's
+        self.open_row: list[str] | None = None
+        self.open_line = 0  # the line the open quote is on, counted from the first line given
+
+    def _mark(self) -> Iterator[str]:
+        self.ran_out = True
+        yield from ()
+
+    def closed(self, reader: Reader) -> Iterator[list[str]]:
+        """The rows of `reader` but an unterminated last one, which is kept in `open_row`."""
+        for row in reader:
+            if self.ran_out:
+                self.keep(reader, row)
+                return
+            yield row
+
+    def keep(self, reader: Reader, row: list[str]) -> None:
+        """Keep `row`, read after the lines ran out, as the open quote's."""
+        # The open field is the row's last; the line breaks in it are those after its quote.
+        field = row[-1]
+        breaks = len(_LINE_BREAK.findall(field))
+        ends_a_line = field.endswith(("\n", "\r"))
+        self.open_row = row
+        self.open_line = reader.line_num - breaks + ends_a_line
+
+
+def _unterminated(line: int) -> str:
+    return f"Unterminated quoted field starting on line {line:,}"
+
+
+def _open_quote_row(columns: list[str], row: list[str], line: int) -> tuple[dict[str, Any], str]:
+    return _ragged(columns, row), _unterminated(line)
+
+
 class CsvTable:
     def __init__(
         self,
@@ -95,11 +147,13 @@ class CsvTable:
         reader: Reader,
         codec: str,
         max_field_bytes: int,
+        ends: _Ends,
         lines: _ByteLines | None = None,
         delimiter: str = ",",
     ) -> None:
         self.columns = columns
         self._reader = reader
+        self._ends = ends
         self._codec = codec
         self._max_field_bytes = max_field_bytes
         self._lines = lines
@@ -116,21 +170,28 @@ class CsvTable:
         return None if self._lines is None else self._lines.position
 
     def rows(self) -> Iterator[tuple[dict[str, Any], str | None]]:
-        reader = self._reader
+        reader, ends = self._reader, self._ends
         try:
-            yield from _shaped(self.columns, reader)
+            yield from _shaped(self.columns, ends.closed(reader))
+            if ends.open_row is not None:
+                yield _open_quote_row(self.columns, ends.open_row, ends.open_line)
         except csv.Error as exc:
             raise _csv_error(exc, reader.line_num, self._max_field_bytes) from exc
         except UnicodeDecodeError as exc:
             raise _decode_error(self._codec, reader.line_num) from exc
 
-    def row_ends(self) -> Iterator[tuple[int, list[str]]]:
+    def row_ends(self) -> Iterator[tuple[int, list[str] | None]]:
         """Each data row (as `rows()` counts them) as its cells and the byte offset where it
-        ends, for a table read as bytes: the split of a file into byte ranges."""
+        ends, for a table read as bytes: the split of a file into byte ranges. An
+        unterminated quoted field, which fails its row, comes as None."""
         assert self._lines is not None
-        lines, reader, width = self._lines, self._reader, len(self.columns)
+        lines, reader, width, ends = self._lines, self._reader, len(self.columns), self._ends
         try:
             for row in reader:
+                if ends.ran_out:
+                    _ragged(self.columns, row)  # a row too wide fails the run here too
+                    yield lines.position, None
+                    return
                 if len(row) != width:
                     if not any(cell.strip() for cell in row):
                         continue  # blank line
@@ -152,14 +213,17 @@ def open_csv(path: Path, *, max_field_bytes: int = 1_048_576) -> Iterator[CsvTab
         csv.field_size_limit(max_field_bytes)
         if codec == "utf-16":
             with path.open(encoding=codec, newline="") as stream:
-                reader = csv.reader(_bounded_lines(stream), delimiter=delimiter)
-                yield _with_header(CsvTable([], reader, codec, max_field_bytes), max_field_bytes)
+                ends = _Ends(_bounded_lines(stream))
+                reader = csv.reader(ends.lines, delimiter=delimiter)
+                table = CsvTable([], reader, codec, max_field_bytes, ends)
+                yield _with_header(table, max_field_bytes)
             return
         raw.seek(len(_UTF8_BOM) if head.startswith(_UTF8_BOM) else 0)
         codec = "utf-8" if codec == "utf-8-sig" else codec
         lines = _ByteLines(raw, codec)
-        reader = csv.reader(lines, delimiter=delimiter)
-        table = CsvTable([], reader, codec, max_field_bytes, lines, delimiter)
+        ends = _Ends(lines)
+        reader = csv.reader(ends.lines, delimiter=delimiter)
+        table = CsvTable([], reader, codec, max_field_bytes, ends, lines, delimiter)
         yield _with_header(table, max_field_bytes)
 
 
@@ -215,9 +279,11 @@ def read_slice(
     them then (the first `limit` of them, if given); with `cells`, a row of the header's
     width comes as its list of cells rather than a dict. A range is one chunk, so it is read
     whole: when every row has the header's width (the common case), rows are built without
-    a Python step per row."""
+    a Python step per row. Only the range that ends the file can hold an unterminated quoted
+    field; its rows are watched for one."""
     csv.field_size_limit(max_field_bytes)
     with path.open("rb") as raw:
+        at_end = part.end >= os.fstat(raw.fileno()).st_size
         raw.seek(part.start)
         lines: Iterable[str]
         if part.end - part.start <= _WHOLE_RANGE_BYTES:
@@ -228,20 +294,44 @@ def read_slice(
             lines = map(bytes.decode, pieces, itertools.repeat(part.codec))
         else:
             lines = _ByteLines(raw, part.codec, part.end)
-        reader = csv.reader(lines, delimiter=part.delimiter)
+        ends = _Ends(lines) if at_end else None
+        reader = csv.reader(lines if ends is None else ends.lines, delimiter=part.delimiter)
+        source: Iterator[list[str]] = reader if ends is None else ends.closed(reader)
+        result: list[tuple[Any, str | None]]
         try:
-            rows = list(itertools.islice(reader, limit))
+            rows = list(itertools.islice(source, limit))
             if rows and set(map(len, rows)) != {len(columns)}:
                 # Ragged or blank rows among them; a blank line is no row, so read on.
-                shaped = _shaped(columns, itertools.chain(rows, reader), cells=cells)
-                return list(itertools.islice(shaped, limit))
+                shaped = _shaped(columns, itertools.chain(rows, source), cells=cells)
+                result = list(itertools.islice(shaped, limit))
+            elif cells:
+                result = list(zip(rows, itertools.repeat(None)))
+            else:
+                dicts = map(dict, map(zip, itertools.repeat(columns), rows))
+                result = list(zip(dicts, itertools.repeat(None)))
         except csv.Error as exc:
             raise _csv_error(exc, reader.line_num, max_field_bytes) from exc
         except UnicodeDecodeError as exc:
             raise _decode_error(part.codec, reader.line_num) from exc
-    if cells:
-        return list(zip(rows, itertools.repeat(None)))
-    return list(zip(map(dict, map(zip, itertools.repeat(columns), rows)), itertools.repeat(None)))
+        if ends is not None and ends.open_row is not None and len(result) != limit:
+            # Named by its line in the whole file, as the split of the file names it.
+            line = _line_breaks(raw, part.start) + ends.open_line
+            result.append(_open_quote_row(columns, ends.open_row, line))
+    return result
+
+
+def _line_breaks(raw: BinaryIO, end: int) -> int:
+    """The line breaks (LF, CRLF, lone CR) in the first `end` bytes of a UTF-8 or
+    Windows-1252 file, counted as `_ByteLines` splits lines."""
+    raw.seek(0)
+    count, left, after_cr = 0, end, False
+    while left > 0 and (block := raw.read(min(left, _COUNT_BLOCK_BYTES))):
+        left -= len(block)
+        count += block.count(b"\n") + block.count(b"\r") - block.count(b"\r\n")
+        if after_cr and block.startswith(b"\n"):
+            count -= 1  # a CRLF cut between two blocks
+        after_cr = block.endswith(b"\r")
+    return count
 
 
 @overload
@@ -273,7 +363,7 @@ def _shaped(
 
 def _with_header(table: CsvTable, max_field_bytes: int) -> CsvTable:
     """The table with its columns, read from the first non-blank row."""
-    reader = table._reader
+    reader, ends = table._reader, table._ends
     try:
         header = next((row for row in reader if any(cell.strip() for cell in row)), None)
     except csv.Error as exc:
@@ -282,6 +372,9 @@ def _with_header(table: CsvTable, max_field_bytes: int) -> CsvTable:
         raise _decode_error(table.codec, reader.line_num) from exc
     if header is None:
         raise ReadError("The file is empty.")
+    if ends.ran_out:
+        ends.keep(reader, header)
+        raise ReadError(_unterminated(ends.open_line))
     if len(header) > MAX_COLUMNS:
         raise ReadError(f"The header has {len(header):,} columns, over the {MAX_COLUMNS:,} limit.")
     table.columns = unique_headers(header)
