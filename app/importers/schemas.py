@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from app.core.url_secrets import mask_url
+
 FieldType = Literal[
     "string", "integer", "number", "boolean", "date", "datetime", "email", "url", "list", "json"
 ]
@@ -74,6 +76,15 @@ class SourceSpec(Strict):
     headers: dict[str, str] = Field(default_factory=dict)
     schedule: str | None = None
     sheet: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_read_only(cls, data: Any) -> Any:
+        # `has_headers` is what the API shows instead of the headers: a definition read back
+        # from GET can be PUT as it is.
+        if isinstance(data, dict) and "has_headers" in data:
+            data = {k: v for k, v in data.items() if k != "has_headers"}
+        return data
 
     @field_validator("url")
     @classmethod
@@ -146,10 +157,13 @@ class ImporterDefinition(Strict):
         return self
 
     def public(self) -> dict[str, Any]:
-        """The definition as the API shows it: source headers are write-only."""
+        """The definition as the API shows it: source headers are write-only, and so are the
+        credentials in the source url (shown masked)."""
         data = self.model_dump(mode="json", by_alias=True, exclude_none=True)
         data["source"].pop("headers", None)
         data["source"]["has_headers"] = bool(self.source.headers)
+        if self.source.url is not None:
+            data["source"]["url"] = mask_url(self.source.url)
         return data
 
 

@@ -8,6 +8,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import Conflict, Forbidden, NotFound, ValidationFailed, validation_errors
+from app.core.url_secrets import restore_url
 from app.importers.models import Importer
 from app.importers.schemas import ImporterDefinition
 
@@ -55,6 +56,17 @@ def _stored(definition: ImporterDefinition) -> dict[str, Any]:
     return definition.model_dump(mode="json", by_alias=True)
 
 
+def _restore_url_secrets(definition: ImporterDefinition, stored_url: str | None) -> None:
+    """The API shows a source url's credentials masked: a mask sent back keeps the stored
+    secret (same origin only); a mask with nothing to restore is a 422, not a password."""
+    if definition.source.url is None:
+        return
+    try:
+        definition.source.url = restore_url(definition.source.url, stored_url)
+    except ValueError as exc:
+        raise ValidationFailed(str(exc), errors={"source.url": [str(exc)]}) from exc
+
+
 async def create(
     session: AsyncSession, definition: ImporterDefinition, origin: str = "api"
 ) -> Importer:
@@ -64,6 +76,7 @@ async def create(
             "The slug has already been taken.",
             errors={"slug": ["The slug has already been taken."]},
         )
+    _restore_url_secrets(definition, None)
     importer = Importer(
         slug=definition.slug,
         name=definition.name,
@@ -83,8 +96,10 @@ async def update(
     if definition.slug != importer.slug:
         raise Conflict("The slug of an importer cannot change.")
     # Headers are write-only: an update that leaves them out keeps the stored ones.
+    stored = definition_of(importer).source
     if not definition.source.headers:
-        definition.source.headers = definition_of(importer).source.headers
+        definition.source.headers = stored.headers
+    _restore_url_secrets(definition, stored.url)
     importer.name = definition.name
     importer.definition = _stored(definition)
     importer.source_id = definition.source_id

@@ -13,6 +13,7 @@ import httpx
 
 from app.core.config import Settings
 from app.core.storage import extension, new_key, path_for, remove_quietly
+from app.core.url_secrets import mask_url, origin
 
 
 class FetchError(Exception):
@@ -30,7 +31,7 @@ class Fetched:
 async def check_url(url: str, allow_private: bool) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise FetchError(f"Only http and https URLs can be fetched: {url}")
+        raise FetchError(f"Only http and https URLs can be fetched: {mask_url(url)}")
     if allow_private:
         return
     try:
@@ -51,6 +52,8 @@ async def check_url(url: str, allow_private: bool) -> None:
 
 
 async def fetch_to_storage(url: str, headers: dict[str, str], settings: Settings) -> Fetched:
+    """Download ``url``; the configured ``headers`` (secrets, as a rule) go to its origin only:
+    a redirect to another scheme, host or port drops them for the rest of the chain."""
     limit = settings.url_max_mb * 1024 * 1024
     name = Path(urlsplit(url).path).name or "download"
     key = new_key(extension(name))
@@ -65,7 +68,10 @@ async def fetch_to_storage(url: str, headers: dict[str, str], settings: Settings
                 await check_url(url, settings.allow_private_urls)
                 async with client.stream("GET", url, headers=headers) as response:
                     if response.is_redirect:
-                        url = urljoin(url, response.headers.get("location", ""))
+                        target = urljoin(url, response.headers.get("location", ""))
+                        if origin(target) != origin(url):
+                            headers = {}
+                        url = target
                         continue
                     if response.status_code >= 400:
                         raise FetchError(f"The URL answered HTTP {response.status_code}.")

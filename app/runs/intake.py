@@ -13,7 +13,7 @@ from app.core.pagination import One
 from app.core.queue import enqueue_quietly, enqueue_split
 from app.core.uploads import receive_upload
 from app.importers import service as importers
-from app.pipeline.readers import ReadError, detect_format
+from app.pipeline.readers import ReadError, check_format
 from app.runs import service
 from app.runs.schemas import RunOut, TriggerIn
 
@@ -43,23 +43,16 @@ UPLOAD_BODY = {
 def _check_format(path: Any, filename: str, expected: str) -> None:
     """Refuse at the door what is obviously not the importer's format (415)."""
     try:
-        detected = detect_format(path, filename)
+        check_format(path, filename, expected)
     except ReadError as exc:
         raise UnsupportedMediaType(str(exc)) from exc
-    with open(path, "rb") as fh:
-        is_zip = fh.read(4) == b"PK\x03\x04"
-    if expected != "auto" and (is_zip != (expected == "xlsx")):
-        raise UnsupportedMediaType(
-            f"The file looks like {detected}, but importer expects {expected}."
-        )
 
 
 @router.post(
     "/upload/{importer}",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=One[RunOut],
-    response_model_exclude_unset=True,
-    responses=error_responses(413, 415, 422),
+    responses=error_responses(400, 413, 415, 422),
     openapi_extra=UPLOAD_BODY,
 )
 async def upload(
@@ -113,8 +106,7 @@ async def upload(
     "/trigger/{importer}",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=One[RunOut],
-    response_model_exclude_unset=True,
-    responses=error_responses(422),
+    responses=error_responses(400, 422),
 )
 async def trigger(
     importer: str,

@@ -1,6 +1,7 @@
 """Front doors: upload limits and formats, URL trigger, schedules, idempotency, records API."""
 
 import asyncio
+import gzip
 import http.server
 import io
 import threading
@@ -86,13 +87,58 @@ async def test_binary_junk_is_refused_with_415_and_not_kept(
     assert stored_files(settings) == before
 
 
-async def test_a_zip_renamed_csv_is_refused_with_415(
+async def test_a_zip_renamed_csv_is_refused_with_415_that_says_it_is_a_zip(
     upload: Upload, create_importer: CreateImporter
 ) -> None:
     await create_importer(key=["email"], fields=USER_FIELDS, format="csv")
     response = await upload("users", xlsx_bytes([["Email"]]), filename="users.csv")
     assert response.status_code == 415
-    assert "importer expects csv" in response.json()["message"]
+    assert response.json() == {"message": "The file is a ZIP archive (perhaps XLSX), not CSV."}
+
+
+OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "filename", "content", "message"),
+    [
+        # format auto reads users.csv as CSV, so the ZIP inside is refused the same way.
+        (
+            "auto",
+            "users.csv",
+            xlsx_bytes([["Email"]]),
+            "The file is a ZIP archive (perhaps XLSX), not CSV.",
+        ),
+        (
+            "xlsx",
+            "users.xlsx",
+            OLE2_MAGIC + bytes(504),
+            "The file is an OLE2 compound file (perhaps a legacy XLS), not XLSX.",
+        ),
+        (
+            "json",
+            "users.json",
+            gzip.compress(b'[{"Email": "ada@example.com"}]', mtime=0),
+            "The file is a gzip archive, not JSON.",
+        ),
+    ],
+    ids=["zip-named-csv-format-auto", "legacy-xls-as-xlsx", "gzip-as-json"],
+)
+async def test_a_binary_container_of_another_format_is_refused_with_415_naming_it(
+    upload: Upload,
+    create_importer: CreateImporter,
+    settings: Settings,
+    fmt: str,
+    filename: str,
+    content: bytes,
+    message: str,
+) -> None:
+    await create_importer(key=["email"], fields=USER_FIELDS, format=fmt)
+    before = stored_files(settings)
+    response = await upload("users", content, filename=filename)
+    assert response.status_code == 415
+    assert response.json() == {"message": message}
+    assert stored_files(settings) == before
 
 
 async def test_hostile_filename_is_kept_only_as_sanitised_metadata(

@@ -267,8 +267,22 @@ def test_zip_renamed_to_csv_raises(tmp_path: Path) -> None:
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("a.txt", "hello")
 
-    with pytest.raises(ReadError, match=r"ZIP archive .* not CSV text"):
+    with pytest.raises(ReadError, match=r"^The file is a ZIP archive \(perhaps XLSX\), not CSV\.$"):
         read(path)
+
+
+def test_legacy_xls_renamed_to_xlsx_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "old.xlsx", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(504))
+
+    with pytest.raises(ReadError, match=r"^The file is an OLE2 compound file \(perhaps a legacy"):
+        read(path, "xlsx")
+
+
+def test_gzip_named_ndjson_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "feed.ndjson", b"\x1f\x8b\x08\x00" + bytes(16))
+
+    with pytest.raises(ReadError, match=r"^The file is a gzip archive, not NDJSON\.$"):
+        read(path, "ndjson")
 
 
 def test_binary_junk_named_csv_raises_unsupported(tmp_path: Path) -> None:

@@ -37,6 +37,18 @@ _EXTENSIONS = {
 _BINARY_CONTROLS = {c: None for c in (*range(0x09), *range(0x0E, 0x1A), *range(0x1C, 0x20))}
 _BINARY_CONTROL_SHARE = 0.01
 _ANY_FORMAT = "CSV, XLSX, JSON or NDJSON"
+FORMAT_NAMES = {"csv": "CSV", "xlsx": "XLSX", "json": "JSON", "ndjson": "NDJSON"}
+# Binary containers people send by mistake (an export zipped, a legacy .xls renamed), by the
+# magic number they start with, so that a refusal can say what the file is.
+_CONTAINERS = (
+    (ZIP_MAGIC, "a ZIP archive (perhaps XLSX)"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an OLE2 compound file (perhaps a legacy XLS)"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"\xfd7zXZ\x00", "an XZ archive"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (b"Rar!\x1a\x07", "a RAR archive"),
+    (b"%PDF-", "a PDF document"),
+)
 
 
 class ReadError(Exception):
@@ -119,10 +131,39 @@ def _is_xlsx(path: Path) -> bool:
         return False
 
 
+def container_of(head: bytes) -> str | None:
+    """Names the binary container whose magic number `head` starts with, if it is one."""
+    return next((name for magic, name in _CONTAINERS if head.startswith(magic)), None)
+
+
+def not_a_workbook(head: bytes) -> str:
+    """The message for a file expected to be XLSX whose first bytes are not a ZIP archive."""
+    container = container_of(head)
+    if container is not None and not head.startswith(ZIP_MAGIC):
+        return f"The file is {container}, not XLSX."
+    return "The file is not an XLSX workbook (it is not a ZIP archive)."
+
+
+def check_format(path: Path, filename: str, expected: str) -> None:
+    """Refuses, from its first bytes, a file that is obviously not `expected` (for 'auto', the
+    format its name or content says), naming the binary container it is when it is one."""
+    detected = detect_format(path, filename)
+    with path.open("rb") as f:
+        head = f.read(SNIFF_BYTES)
+    fmt = detected if expected == "auto" else expected
+    if fmt == "xlsx":
+        if not head.startswith(ZIP_MAGIC):
+            raise ReadError(not_a_workbook(head))
+    else:
+        reject_binary(head, FORMAT_NAMES[fmt])
+
+
 def reject_binary(head: bytes, expected: str) -> None:
-    """Refuses a file whose first bytes are a ZIP archive or binary data, before parsing it."""
-    if head.startswith(ZIP_MAGIC):
-        raise ReadError(f"The file is a ZIP archive (an XLSX workbook?), not {expected}.")
+    """Refuses a file whose first bytes are a binary container or binary data, before parsing
+    it."""
+    container = container_of(head)
+    if container is not None:
+        raise ReadError(f"The file is {container}, not {expected}.")
     if b"\x00" in head[:SNIFF_BYTES] and not head.startswith(_UTF16_BOMS):
         raise ReadError(f"Unsupported file type: the file holds binary data, not {expected}.")
 
@@ -131,7 +172,7 @@ def sniff_text(head: bytes, *, complete: bool) -> tuple[str, str]:
     """Returns (codec, decoded head) for CSV text in UTF-8 (BOM optional), UTF-16 with BOM or
     Windows-1252. `complete` says `head` is the whole file, so that a multibyte character cut
     at the end is an error rather than the sample boundary."""
-    reject_binary(head, "CSV text")
+    reject_binary(head, "CSV")
     decoded = _decode(head, complete=complete)
     if decoded is None:
         raise ReadError("The file is not valid UTF-8, UTF-16 or Windows-1252 text.")

@@ -27,7 +27,13 @@ from xml.etree import ElementTree
 
 from python_calamine import CalamineError, CalamineWorkbook
 
-from app.pipeline.readers.base import ReadError, plural, unique_headers
+from app.pipeline.readers.base import (
+    SNIFF_BYTES,
+    ReadError,
+    not_a_workbook,
+    plural,
+    unique_headers,
+)
 
 MAX_ENTRIES = 10_000
 MAX_UNCOMPRESSED_BYTES = 200 * 1024 * 1024
@@ -93,7 +99,8 @@ def open_xlsx(
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as exc:
-        raise ReadError("The file is not an XLSX workbook (it is not a ZIP archive).") from exc
+        with path.open("rb") as f:
+            raise ReadError(not_a_workbook(f.read(SNIFF_BYTES))) from exc
     with archive:
         _check_archive(archive, max_entries, max_uncompressed_bytes, max_compression_ratio)
         name, part = _find_sheet(archive, sheet)
