@@ -2,9 +2,9 @@
 before anything is stored, instead of reaching FastAPI's parser or the worker.
 
 Refused: items nested deeper than ``MAX_DEPTH`` levels (the item itself being level 1, as for a
-row of an NDJSON file), integers of over ``MAX_INT_DIGITS`` digits, ``NaN``/``Infinity`` (and
-numbers that overflow to them), lone surrogate escapes and NUL characters (Postgres cannot
-store either in JSONB), and items that are not objects.
+row of an NDJSON file), integers of over ``MAX_INT_DIGITS`` digits or outside the 64-bit range,
+``NaN``/``Infinity`` (and numbers that overflow to them), lone surrogate escapes and NUL
+characters (Postgres cannot store either in JSONB), and items that are not objects.
 """
 
 import hashlib
@@ -21,7 +21,11 @@ from app.core.errors import PayloadTooLarge, ValidationFailed
 from app.core.storage import new_key, path_for, remove_quietly
 
 MAX_DEPTH = 64
+# Bounds the cost of parsing (Python's own limit for int()); the narrower 64-bit range below is
+# what the pipeline can take: its readers (orjson, ijson) and writers refuse wider integers, or
+# read them as floats that lose digits or overflow, which would fail the item or its whole run.
 MAX_INT_DIGITS = 4300
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # The body's byte budget grows with the item limit; a request may spend it on a few big items.
 BYTES_PER_ITEM = 64 * 1024
 
@@ -97,12 +101,13 @@ def parse_json(body: bytes) -> Any:
 
 
 def _check_item(item: Any, path: str) -> None:
-    """An object of bounded depth whose text Postgres can store; else 422 naming ``path``."""
+    """An object of bounded depth whose text Postgres can store and whose integers the
+    pipeline can read; else 422 naming ``path`` (or the field, for an integer)."""
     if type(item) is not dict:
         raise _invalid(path, f"The {path} must be an object.")
-    stack: list[tuple[Any, int]] = [(item, 1)]
+    stack: list[tuple[Any, int, str]] = [(item, 1, path)]
     while stack:
-        value, level = stack.pop()
+        value, level, where = stack.pop()
         if level > MAX_DEPTH:
             raise _invalid(path, f"The {path} is nested deeper than {MAX_DEPTH} levels.")
         children = value.items() if type(value) is dict else enumerate(value)
@@ -114,7 +119,14 @@ def _check_item(item: Any, path: str) -> None:
                         f"The {path} contains a NUL character or an unpaired surrogate escape.",
                     )
             if type(child) is dict or type(child) is list:
-                stack.append((child, level + 1))
+                stack.append((child, level + 1, f"{where}.{key}"))
+            elif type(child) is int and not INT64_MIN <= child <= INT64_MAX:
+                field = f"{where}.{key}"
+                raise _invalid(
+                    field,
+                    f"The {field} must be between {INT64_MIN} and {INT64_MAX} "
+                    "(send larger numbers as strings).",
+                )
 
 
 def _storable(text: str) -> bool:
@@ -168,13 +180,6 @@ def canonical_json(items: list[dict[str, Any]]) -> str:
     return json.dumps(items, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _dump(item: dict[str, Any]) -> bytes:
-    try:
-        return orjson.dumps(item)
-    except TypeError:  # an integer wider than 64 bits: the standard library writes it exactly
-        return json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode()
-
-
 @dataclass(frozen=True)
 class StoredFile:
     key: str
@@ -196,7 +201,7 @@ def store_items(storage_dir: Path, items: list[dict[str, Any]], *, as_array: boo
                 digest.update(b"[")
                 size += 1
             for index, item in enumerate(items):
-                line = _dump(item)
+                line = orjson.dumps(item)  # parse_push left only what orjson writes
                 if as_array:
                     line = (b"," if index else b"") + line
                 else:

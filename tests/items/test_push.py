@@ -187,11 +187,64 @@ async def test_hostile_json_messages_name_the_problem(
 
 
 async def test_the_limits_themselves_are_accepted(agent: Headers, push: Push) -> None:
-    """64 levels and 4,300 digits are allowed (the pipeline then judges the values)."""
+    """64 levels and 64-bit integers are allowed (the pipeline then judges the values)."""
     deep = await push("event", [{**event(1), "extra": nested(63)}], agent)
     assert deep.status_code == 202, deep.text
-    wide = await push("event", [{**event(2), "n": int("9" * 4300)}], agent)
+    wide = await push("event", [{**event(2), "n": 2**63 - 1, "m": [-(2**63)]}], agent)
     assert wide.status_code == 202, wide.text
+
+
+INT64 = "between -9223372036854775808 and 9223372036854775807 (send larger numbers as strings)"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (
+            b'{"items": [{"external_id": "a", "title": "Good one", "n": 1'
+            + b"0" * 400
+            + b'}, {"external_id": "b", "title": "Another"}]}',
+            "items.0.n",
+        ),
+        (b'{"items": [{"external_id": "a"}, {"n": 9223372036854775808}]}', "items.1.n"),
+        (b'{"item": {"a": {"b": [1, -' + b"9" * 4300 + b"]}}}", "item.a.b.1"),
+    ],
+    ids=["400-digits", "2**63", "4300-digits-nested"],
+)
+async def test_an_integer_past_64_bits_is_422_naming_the_item_and_field(
+    client: httpx.AsyncClient,
+    agent: Headers,
+    body: bytes,
+    field: str,
+    session_factory: async_sessionmaker[AsyncSession],
+    storage_dir: Path,
+) -> None:
+    """The pipeline reads and writes 64-bit integers only: a wider one would fail its run."""
+    before = stored_files(storage_dir)
+    response = await client.post(f"{PREFIX}/items/event", content=body, headers=agent)
+    assert response.status_code == 422, response.text
+    message = f"The {field} must be {INT64}."
+    assert response.json() == {"message": message, "errors": {field: [message]}}
+    await nothing_stored(session_factory, storage_dir, before)
+
+
+async def test_items_at_the_64_bit_limits_are_staged_by_the_worker(
+    client: httpx.AsyncClient,
+    agent: Headers,
+    push: Push,
+    run_worker: RunWorker,
+    admin_headers: Headers,
+) -> None:
+    items = [{**event(1), "n": 2**63 - 1}, {**event(2), "n": -(2**63)}]
+    response = await push("event", items, agent)
+    assert response.status_code == 202, response.text
+    await run_worker()
+
+    run_id = response.json()["data"]["run_id"]
+    run = (await client.get(f"{PREFIX}/{run_id}", headers=admin_headers)).json()["data"]
+    assert run["status"] == "completed", run["error_message"]
+    listed = (await client.get(f"{PREFIX}/items?run={run_id}", headers=admin_headers)).json()
+    assert sorted(item["original"]["n"] for item in listed["data"]) == [-(2**63), 2**63 - 1]
 
 
 async def test_a_foreign_source_url_is_403_and_stores_nothing(

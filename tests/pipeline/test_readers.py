@@ -674,12 +674,65 @@ def test_ndjson_bad_line_is_a_row_error_holding_the_start_of_the_line(tmp_path: 
     assert rows[2] == ({"a": 2}, None)
 
 
-@pytest.mark.parametrize("line", ['{"a": NaN}', '{"a": ' + "9" * 5000 + "}"], ids=["nan", "huge"])
-def test_ndjson_line_with_unrepresentable_numbers_is_a_row_error(tmp_path: Path, line: str) -> None:
-    _, rows = read(write(tmp_path, "n.ndjson", line + '\n{"a": 1}\n'))
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"a": NaN}', "Line is not valid JSON: "),
+        ('{"a": ' + "9" * 5000 + "}", "Line holds a number too large to read."),
+        ('{"a": -1' + "0" * 400 + "}", "Line holds a number too large to read."),
+        ('{"a": 1e400}', "Line holds a number too large to read."),
+    ],
+    ids=["nan", "5000-digits", "400-digits", "float-overflow"],
+)
+def test_ndjson_line_with_unrepresentable_numbers_is_a_row_error(
+    tmp_path: Path, line: str, message: str
+) -> None:
+    columns, rows = read(write(tmp_path, "n.ndjson", line + '\n{"a": 1}\n'))
 
-    assert rows[0][1] is not None and rows[0][1].startswith("Line is not valid JSON")
+    assert rows[0][1] is not None and rows[0][1].startswith(message)
     assert rows[1] == ({"a": 1}, None)
+    assert columns == ["a"]
+
+
+def test_ndjson_columns_on_opening_come_from_the_first_line_that_is_an_object(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, "n.ndjson", '{"a": \n[1]\n{"b": 1, "c": 2}\n{"a": 3}\n')
+
+    with open_table(path, "ndjson") as table:
+        assert table.columns == ["b", "c"]  # what the splitter checks the key columns against
+        rows = list(table.rows())
+        assert table.columns == ["b", "c", "a"]
+
+    assert [error is None for _, error in rows] == [False, False, True, True]
+    assert rows[2:] == [({"b": 1, "c": 2}, None), ({"a": 3}, None)]
+
+
+def test_ndjson_without_one_object_raises(tmp_path: Path) -> None:
+    with pytest.raises(ReadError, match=r"^No line of the NDJSON file is a JSON object; the first"):
+        read(write(tmp_path, "n.ndjson", "[1]\n2\n"))
+
+
+def test_json_columns_on_opening_come_from_the_first_item_that_is_an_object(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, "m.json", '{"data": [1, "x", {"a": 1}, {"b": 2}]}')
+
+    with open_table(path, "json") as table:
+        assert table.columns == ["a"]
+        rows = list(table.rows())
+
+    assert rows == [
+        ({"_value": 1}, "Item is not a JSON object."),
+        ({"_value": "x"}, "Item is not a JSON object."),
+        ({"a": 1}, None),
+        ({"b": 2}, None),
+    ]
+
+
+def test_json_without_one_object_raises(tmp_path: Path) -> None:
+    with pytest.raises(ReadError, match=r"^No item of the JSON array is a JSON object\.$"):
+        read(write(tmp_path, "m.json", "[1, [2]]"))
 
 
 def test_ndjson_line_that_is_not_an_object_is_a_row_error(tmp_path: Path) -> None:

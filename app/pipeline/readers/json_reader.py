@@ -10,8 +10,10 @@ ReadError, since the stream cannot resume after it.
 NDJSON: one object per line with orjson; each line stands alone, so a bad line (including
 NaN, an out-of-range number or deep nesting) is a per-row error and reading goes on.
 
-Columns are object keys in order of first appearance; the first row is read on opening so
-that `columns` is filled from the start, and the list grows while rows are read.
+Columns are object keys in order of first appearance; rows are read on opening up to the first
+object, so that `columns` is filled from the start, and the list grows while rows are read. A
+file that begins with row errors (a bad line, an item that is not an object) is read again from
+the start after that object; one that holds no object at all cannot be read (ReadError).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import codecs
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from itertools import accumulate, chain
 from pathlib import Path
@@ -34,6 +36,7 @@ from app.pipeline.readers.base import MAX_LINE_CHARS, SNIFF_BYTES, ReadError, re
 MAX_DEPTH = 64
 _NOT_ARRAY = "The JSON file must hold an array of objects."
 _LINE_PREVIEW_CHARS = 200
+_INFINITE = "number is infinity when parsed as double"
 _ESCAPE = re.compile(rb"\\.", re.DOTALL)
 _NOT_STRUCTURE = bytes(sorted(set(range(256)) - set(b'"[]{}')))
 _BRACKET_STEP = [0] * 256
@@ -42,21 +45,35 @@ _BRACKET_STEP[ord("]")] = _BRACKET_STEP[ord("}")] = -1
 
 
 class _StreamTable(ABC):
-    """Rows from `_read()`, the first one read ahead so that `columns` is known on opening."""
+    """Rows from `_read()`, read ahead to the first object so that `columns` is known on opening
+    (the header the splitter checks must come from rows that could be read)."""
 
     def __init__(self) -> None:
         self.columns: list[str] = []
         self._seen: set[str] = set()
         self._rows = self._read()
-        self._first = next(self._rows, None)
+        first = next(self._rows, None)
+        self._ahead: list[tuple[dict[str, Any], str | None]] = [] if first is None else [first]
+        if first is not None and first[1] is not None:
+            # Scanned, not kept: a file may open with any number of bad rows.
+            if all(error is not None for _, error in self._rows):
+                raise ReadError(self._no_object(first[1]))
+            self._rewind()
+            self._rows, self._ahead = self._read(), []
 
     def rows(self) -> Iterator[tuple[dict[str, Any], str | None]]:
-        if self._first is None:
-            return iter(())
-        return chain((self._first,), self._rows)
+        return chain(self._ahead, self._rows)
 
     @abstractmethod
     def _read(self) -> Iterator[tuple[dict[str, Any], str | None]]: ...
+
+    @abstractmethod
+    def _rewind(self) -> None:
+        """Makes the next `_read()` start again at the first row."""
+
+    @abstractmethod
+    def _no_object(self, first_error: str) -> str:
+        """The ReadError message for a file whose every row is an error."""
 
     def _add_columns(self, item: dict[str, Any]) -> None:
         if not item.keys() <= self._seen:
@@ -67,9 +84,16 @@ class _StreamTable(ABC):
 
 
 class JsonTable(_StreamTable):
-    def __init__(self, items: Iterator[Any]) -> None:
-        self._items = items
+    def __init__(self, open_items: Callable[[], Iterator[Any]]) -> None:
+        self._open_items = open_items
+        self._items = open_items()
         super().__init__()
+
+    def _rewind(self) -> None:
+        self._items = self._open_items()
+
+    def _no_object(self, first_error: str) -> str:
+        return "No item of the JSON array is a JSON object."
 
     def _read(self) -> Iterator[tuple[dict[str, Any], str | None]]:
         count = 0
@@ -87,7 +111,14 @@ class JsonTable(_StreamTable):
 class NdjsonTable(_StreamTable):
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
+        self._start = stream.tell()
         super().__init__()
+
+    def _rewind(self) -> None:
+        self._stream.seek(self._start)
+
+    def _no_object(self, first_error: str) -> str:
+        return f"No line of the NDJSON file is a JSON object; the first says: {first_error}"
 
     def _read(self) -> Iterator[tuple[dict[str, Any], str | None]]:
         readline = self._stream.readline
@@ -100,7 +131,11 @@ class NdjsonTable(_StreamTable):
             try:
                 value = loads(line)
             except orjson.JSONDecodeError as exc:
-                yield _line_preview(line), f"Line is not valid JSON: {exc}."
+                # A double is all orjson reads past 64 bits; a number beyond it is valid JSON.
+                if exc.msg == _INFINITE:
+                    yield _line_preview(line), "Line holds a number too large to read."
+                else:
+                    yield _line_preview(line), f"Line is not valid JSON: {exc}."
                 continue
             if type(value) is not dict:
                 yield {"_value": value}, "Line is not a JSON object."
@@ -124,9 +159,15 @@ def open_json(path: Path) -> Iterator[JsonTable]:
             prefix, max_depth = f"{_array_key(stream)}.item", MAX_DEPTH + 2
         else:
             raise ReadError(_NOT_ARRAY)
-        stream.seek(start)
-        items = ijson.items(_DepthGuard(stream, max_depth), prefix, use_float=True)
-        yield JsonTable(items)
+
+        def open_items() -> Iterator[Any]:
+            stream.seek(start)
+            items: Iterator[Any] = ijson.items(
+                _DepthGuard(stream, max_depth), prefix, use_float=True
+            )
+            return items
+
+        yield JsonTable(open_items)
 
 
 @contextmanager
