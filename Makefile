@@ -34,4 +34,4 @@ bench: $(STAMP)  ## throughput against Postgres COPY, measured in the same run
 	$(BIN)/python -m bench.run
 
 clean:
-	rm -rf $(VENV) .ingest .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .ingest .pytest_cache .mypy_cache .ruff_cache .hypothesis

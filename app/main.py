@@ -11,6 +11,7 @@ from app.core.config import Settings, get_settings
 from app.core.db import create_engine, create_session_factory
 from app.core.errors import install_error_handlers
 from app.core.health import router as health_router
+from app.core.params import RefuseNul
 from app.core.queue import close_queue, create_queue
 from app.routers import api_routers
 
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    app.add_middleware(RefuseNul)
     app.include_router(health_router)
     for router in api_routers():
         app.include_router(router, prefix=settings.api_prefix)

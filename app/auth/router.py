@@ -12,6 +12,7 @@ from app.auth.schemas import TokenCreate, TokenCreated, TokenOut
 from app.core.deps import SessionDep
 from app.core.errors import Unauthenticated, error_responses
 from app.core.pagination import One, Page, PageParams, page_params, paginate
+from app.core.params import TokenId
 
 router = APIRouter(prefix="/tokens", tags=["tokens"], responses=error_responses(401, 403))
 
@@ -39,7 +40,7 @@ async def list_tokens(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=One[TokenCreated],
-    responses=error_responses(422),
+    responses=error_responses(400, 422),
 )
 async def create_token(session: SessionDep, principal: AdminDep, body: TokenCreate) -> Any:
     """Create a token; the plaintext is in `data.token`, shown this once."""
@@ -68,6 +69,6 @@ async def create_token(session: SessionDep, principal: AdminDep, body: TokenCrea
 @router.delete(
     "/{token_id:int}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404)
 )
-async def revoke_token(token_id: int, session: SessionDep, principal: AdminDep) -> None:
+async def revoke_token(token_id: TokenId, session: SessionDep, principal: AdminDep) -> None:
     """Revoke a token (at once; revoking twice is harmless)."""
     await service.revoke_token(session, token_id, scope_source_id=principal.source_id)

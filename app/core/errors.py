@@ -1,12 +1,19 @@
 """Typed domain errors and the one handler that renders every error as SPEC's JSON envelope."""
 
+from collections.abc import Mapping
 from typing import Any
 
+import fastapi.routing
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+
+# Newer FastAPI includes routers lazily: `app.routes` then holds one entry per included router,
+# which `iter_route_contexts` flattens into the routes as served. Older FastAPI lists them flat.
+_served_routes: Any = getattr(fastapi.routing, "iter_route_contexts", iter)
 
 
 class IngestError(Exception):
@@ -60,6 +67,10 @@ class ValidationFailed(IngestError):
     default_message = "The given data was invalid."
 
 
+# The type of the validation error raised for an id in the path beyond its column's range.
+UNKNOWN_ID = "unknown_id"
+
+
 class ErrorBody(BaseModel):
     """Every error response: a message, plus per-field messages for 422."""
 
@@ -72,11 +83,25 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorBody} for code in codes}
 
 
-def _body(message: str, errors: dict[str, list[str]] | None = None) -> dict[str, Any]:
+def error_response(
+    status_code: int,
+    message: str,
+    errors: dict[str, list[str]] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    """The envelope every error is sent in."""
     body: dict[str, Any] = {"message": message}
     if errors is not None:
         body["errors"] = errors
-    return body
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+def validation_response(errors: dict[str, list[str]]) -> JSONResponse:
+    """A 422 whose message is the first field message (and how many more there are)."""
+    first = next(iter(errors.values()))[0] if errors else "The given data was invalid."
+    extra = sum(len(v) for v in errors.values()) - 1
+    message = first if extra <= 0 else f"{first} (and {extra} more error{'s' * (extra > 1)})"
+    return error_response(422, message, errors)
 
 
 def _field_path(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -100,21 +125,39 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(IngestError)
     async def _ingest_error(_: Request, exc: IngestError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-        return JSONResponse(
-            _body(exc.message, exc.errors), status_code=exc.status_code, headers=headers
-        )
+        return error_response(exc.status_code, exc.message, exc.errors, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = validation_errors(exc.errors())
-        first = next(iter(errors.values()))[0] if errors else "The given data was invalid."
-        extra = sum(len(v) for v in errors.values()) - 1
-        message = first if extra <= 0 else f"{first} (and {extra} more error{'s' * (extra > 1)})"
-        return JSONResponse(_body(message, errors), status_code=422)
+        # An id in the path that its column cannot hold names no resource (app/core/params.py).
+        unknown = [e for e in exc.errors() if e.get("type") == UNKNOWN_ID]
+        if unknown:
+            return error_response(404, str(unknown[0]["msg"]))
+        return validation_response(validation_errors(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 405:
+            return _method_not_allowed(request)
         message = exc.detail if isinstance(exc.detail, str) else "Request failed."
         if exc.status_code == 404 and message == "Not Found":
             message = "Not found."
-        return JSONResponse(_body(message), status_code=exc.status_code, headers=exc.headers)
+        return error_response(exc.status_code, message, headers=exc.headers)
+
+
+def _method_not_allowed(request: Request) -> JSONResponse:
+    """405 whose ``Allow`` names every method of every route matching the path.
+
+    Starlette's own names only the first route it matched (one per method here), so OPTIONS on
+    ``/importers/{slug}`` would say GET though PUT and DELETE are served there too.
+    """
+    allowed: set[str] = set()
+    # Asked with a method no route serves, a route matches the path only partly, or not at all.
+    unserved = {**request.scope, "method": ""}
+    for route in _served_routes(request.app.routes):
+        match, _ = route.matches(unserved)
+        if match is not Match.NONE:
+            allowed |= set(getattr(route, "methods", None) or ())
+    allow = ", ".join(sorted(allowed))
+    message = f"The {request.method} method is not supported here. Supported methods: {allow}."
+    return error_response(405, message, headers={"Allow": allow})

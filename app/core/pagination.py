@@ -9,6 +9,8 @@ from pydantic import BaseModel
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.params import QueryInt
+
 T = TypeVar("T")
 
 
@@ -18,7 +20,7 @@ class PageParams(BaseModel):
 
 
 def page_params(
-    page: Annotated[int, Query(ge=1, description="Page number, from 1.")] = 1,
+    page: Annotated[QueryInt, Query(description="Page number, from 1.")] = 1,
     per_page: Annotated[int, Query(ge=1, le=100, description="Items per page (1-100).")] = 15,
 ) -> PageParams:
     return PageParams(page=page, per_page=per_page)

@@ -39,7 +39,7 @@ async def show_importer(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=One[ImporterOut],
-    responses=error_responses(422),
+    responses=error_responses(400, 422),
 )
 async def create_importer(
     session: SessionDep,
@@ -54,7 +54,7 @@ async def create_importer(
 
 
 @router.put(
-    "/{slug}", response_model=One[ImporterOut], responses=error_responses(403, 404, 409, 422)
+    "/{slug}", response_model=One[ImporterOut], responses=error_responses(400, 403, 404, 409, 422)
 )
 async def update_importer(
     slug: str,

@@ -13,6 +13,7 @@ from app.core.deps import QueueDep, SessionDep, SettingsDep, after_commit
 from app.core.errors import error_responses
 from app.core.idempotency import IdempotencyDep, fingerprint
 from app.core.pagination import One, Page, PageParams, page_params, paginate
+from app.core.params import ItemId, QueryInt
 from app.core.queue import enqueue_quietly, enqueue_split
 from app.items import hooks, payload, service
 from app.items.models import Item
@@ -56,7 +57,7 @@ PUSH_BODY = {
         },
     }
 }
-TRANSITION_ERRORS = error_responses(404, 409, 422)
+TRANSITION_ERRORS = error_responses(400, 404, 409, 422)
 
 
 @router.post(
@@ -133,8 +134,8 @@ async def list_items(
     principal: ViewDep,
     status_: Annotated[ItemStatus | None, Query(alias="status")] = None,
     type_: Annotated[str | None, Query(alias="type", description="Importer slug.")] = None,
-    source: Annotated[int | None, Query(description="Source id.")] = None,
-    run: Annotated[int | None, Query(description="Run id.")] = None,
+    source: Annotated[QueryInt | None, Query(description="Source id.")] = None,
+    run: Annotated[QueryInt | None, Query(description="Run id.")] = None,
     external_id: str | None = None,
     has_duplicates: bool | None = None,
     sort: Literal["id", "created_at", "updated_at"] = "id",
@@ -155,8 +156,11 @@ async def list_items(
     return await paginate(session, request, stmt, params, service.to_resource)
 
 
-@router.get("/{item_id:int}", response_model=One[ItemDetailOut], responses=error_responses(404))
-async def show_item(item_id: int, session: SessionDep, principal: ViewDep) -> dict[str, Any]:
+# 405: a non-integer id is the push route's path (POST /items/{type}).
+@router.get(
+    "/{item_id:int}", response_model=One[ItemDetailOut], responses=error_responses(404, 405)
+)
+async def show_item(item_id: ItemId, session: SessionDep, principal: ViewDep) -> dict[str, Any]:
     """Show an item with its duplicate markers and transition history."""
     return {"data": await service.show(session, item_id, principal.source_id)}
 
@@ -169,7 +173,7 @@ async def _answer(session: AsyncSession, item: Item) -> dict[str, Any]:
     "/{item_id:int}/approve", response_model=One[ItemDetailOut], responses=TRANSITION_ERRORS
 )
 async def approve_item(
-    item_id: int,
+    item_id: ItemId,
     session: SessionDep,
     principal: ReviewDep,
     body: Annotated[ApproveIn | None, Body()] = None,
@@ -184,7 +188,7 @@ async def approve_item(
     "/{item_id:int}/reject", response_model=One[ItemDetailOut], responses=TRANSITION_ERRORS
 )
 async def reject_item(
-    item_id: int,
+    item_id: ItemId,
     session: SessionDep,
     principal: ReviewDep,
     body: Annotated[RejectIn | None, Body()] = None,
@@ -199,7 +203,7 @@ async def reject_item(
     "/{item_id:int}/request-changes", response_model=One[ItemDetailOut], responses=TRANSITION_ERRORS
 )
 async def request_changes(
-    item_id: int,
+    item_id: ItemId,
     session: SessionDep,
     principal: ReviewDep,
     body: Annotated[RequestChangesIn | None, Body()] = None,
@@ -214,7 +218,7 @@ async def request_changes(
     "/{item_id:int}/retarget", response_model=One[ItemDetailOut], responses=TRANSITION_ERRORS
 )
 async def retarget_item(
-    item_id: int,
+    item_id: ItemId,
     session: SessionDep,
     settings: SettingsDep,
     principal: ReviewDep,
@@ -236,7 +240,7 @@ async def retarget_item(
     "/{item_id:int}/promote", response_model=One[ItemDetailOut], responses=TRANSITION_ERRORS
 )
 async def promote_item(
-    item_id: int,
+    item_id: ItemId,
     session: SessionDep,
     principal: ReviewDep,
     body: Annotated[PromoteIn | None, Body()] = None,

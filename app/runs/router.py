@@ -16,9 +16,10 @@ from app.core.deps import QueueDep, SessionDep, SettingsDep, after_commit
 from app.core.errors import error_responses
 from app.core.idempotency import IdempotencyDep, fingerprint
 from app.core.pagination import One, Page, PageParams, page_params, paginate
+from app.core.params import RunId
 from app.core.queue import enqueue_quietly, enqueue_split
 from app.runs import service
-from app.runs.schemas import RowOut, RunOut
+from app.runs.schemas import RowOut, RunListItemOut, RunOut
 
 router = APIRouter(tags=["runs"], responses=error_responses(401, 403))
 
@@ -57,7 +58,7 @@ CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get("/", response_model=Page[RunOut], response_model_exclude_unset=True)
+@router.get("/", response_model=Page[RunListItemOut])
 async def list_runs(
     request: Request,
     session: SessionDep,
@@ -72,12 +73,12 @@ async def list_runs(
     stmt = service.list_query(
         source_id=principal.source_id, status=status, importer=importer, sort=sort, order=order
     )
-    return await paginate(session, request, stmt, params, service.to_resource)
+    return await paginate(session, request, stmt, params, service.to_list_item)
 
 
 @router.get("/{run:int}", response_model=One[RunOut], responses=error_responses(404))
 async def show_run(
-    run: int,
+    run: RunId,
     session: SessionDep,
     settings: SettingsDep,
     principal: Annotated[Principal, Depends(require(VIEW))],
@@ -90,7 +91,7 @@ async def show_run(
 
 @router.get("/{run:int}/rows", response_model=Page[RowOut], responses=error_responses(404))
 async def list_rows(
-    run: int,
+    run: RunId,
     request: Request,
     session: SessionDep,
     params: Annotated[PageParams, Depends(page_params)],
@@ -108,7 +109,7 @@ async def list_rows(
 
 @router.post("/{run:int}/cancel", response_model=MessageOut, responses=error_responses(404, 409))
 async def cancel_run(
-    run: int, session: SessionDep, principal: Annotated[Principal, Depends(require(CREATE))]
+    run: RunId, session: SessionDep, principal: Annotated[Principal, Depends(require(CREATE))]
 ) -> dict[str, Any]:
     """Cancel an unfinished run: no new chunk starts (409 when it already finished)."""
     found = await service.get_run(session, run, source_id=principal.source_id)
@@ -120,12 +121,10 @@ async def cancel_run(
     "/{run:int}/retry",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=One[RunOut],
-    # No `rows` key, so an Idempotency-Key replay (the stored dict) is the same document.
-    response_model_exclude_unset=True,
     responses=error_responses(400, 404, 409, 422),
 )
 async def retry_run(
-    run: int,
+    run: RunId,
     request: Request,
     session: SessionDep,
     queue: QueueDep,
@@ -165,7 +164,7 @@ async def retry_run(
     responses=error_responses(404),
 )
 async def error_summary(
-    run: int, session: SessionDep, principal: Annotated[Principal, Depends(require(VIEW))]
+    run: RunId, session: SessionDep, principal: Annotated[Principal, Depends(require(VIEW))]
 ) -> dict[str, Any]:
     """Failed rows grouped by error and by field message, most frequent first."""
     found = await service.get_run(session, run, source_id=principal.source_id)
@@ -178,7 +177,7 @@ async def error_summary(
     responses={**CSV_RESPONSE, **error_responses(404)},
 )
 async def download_failed_rows(
-    run: int,
+    run: RunId,
     request: Request,
     session: SessionDep,
     principal: Annotated[Principal, Depends(require(VIEW))],

@@ -22,7 +22,7 @@ class RowOut(BaseModel):
     errors: dict[str, Any] | None
 
 
-class RunOut(BaseModel):
+class RunListItemOut(BaseModel):
     id: int
     importer: str
     status: str
@@ -39,7 +39,11 @@ class RunOut(BaseModel):
     started_at: str | None
     completed_at: str | None
     created_at: str | None
-    rows: list[RowOut] | None = None
+
+
+class RunOut(RunListItemOut):
+    # The first `INGEST_MAX_SHOW_ROWS` rows on `GET /{run}`; `[]` from the doors that start a run.
+    rows: list[RowOut]
 
 
 class TriggerIn(BaseModel):

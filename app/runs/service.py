@@ -67,8 +67,15 @@ async def create_run(
 
 
 def to_resource(run: Run, rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """IngestRunResource (SPEC §5). Fields may be added, never removed or renamed."""
-    resource: dict[str, Any] = {
+    """IngestRunResource (SPEC §5), as every single-run response answers it: with `rows`, the
+    first rows when the caller loaded them and `[]` otherwise (a run just started has none)."""
+    return {**to_list_item(run), "rows": [] if rows is None else rows}
+
+
+def to_list_item(run: Run) -> dict[str, Any]:
+    """IngestRunResource as the run list shows it: without `rows`, which only `GET /{run}`
+    loads. Fields may be added, never removed or renamed."""
+    return {
         "id": run.id,
         "importer": run.importer_slug,
         "status": run.status,
@@ -92,9 +99,6 @@ def to_resource(run: Run, rows: list[dict[str, Any]] | None = None) -> dict[str,
         "completed_at": iso(run.completed_at),
         "created_at": iso(run.created_at),
     }
-    if rows is not None:
-        resource["rows"] = rows
-    return resource
 
 
 # --- Operator surface: list, show, rows, cancel, retry, error summary, failed rows ---------

@@ -12,6 +12,7 @@ from app.core.deps import QueueDep, SessionDep, after_commit
 from app.core.errors import error_responses
 from app.core.idempotency import Idempotency, IdempotencyDep, fingerprint
 from app.core.pagination import One, Page, PageParams, page_params, paginate
+from app.core.params import SourceId
 from app.core.queue import enqueue_quietly, enqueue_split
 from app.runs import service as runs_service
 from app.sources import service
@@ -62,7 +63,9 @@ async def list_sources(
 
 
 @router.get("/{source_id:int}", response_model=One[SourceOut], responses=error_responses(404))
-async def show_source(source_id: int, session: SessionDep, principal: ViewDep) -> dict[str, Any]:
+async def show_source(
+    source_id: SourceId, session: SessionDep, principal: ViewDep
+) -> dict[str, Any]:
     """Show one source with its sync state."""
     await service.settle_syncs(session)
     source = await service.get(session, source_id, scope_source_id=principal.source_id)
@@ -73,7 +76,7 @@ async def show_source(source_id: int, session: SessionDep, principal: ViewDep) -
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=One[SourceOut],
-    responses=error_responses(422),
+    responses=error_responses(400, 422),
 )
 async def create_source(
     session: SessionDep,
@@ -90,9 +93,11 @@ async def create_source(
     return {"data": service.to_resource(source)}
 
 
-@router.put("/{source_id:int}", response_model=One[SourceOut], responses=error_responses(404, 422))
+@router.put(
+    "/{source_id:int}", response_model=One[SourceOut], responses=error_responses(400, 404, 422)
+)
 async def update_source(
-    source_id: int, session: SessionDep, principal: AdminDep, body: SourceUpdate
+    source_id: SourceId, session: SessionDep, principal: AdminDep, body: SourceUpdate
 ) -> dict[str, Any]:
     """Change a source; only the fields given change."""
     source = await service.get(
@@ -107,7 +112,7 @@ async def update_source(
 @router.delete(
     "/{source_id:int}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404)
 )
-async def delete_source(source_id: int, session: SessionDep, principal: AdminDep) -> None:
+async def delete_source(source_id: SourceId, session: SessionDep, principal: AdminDep) -> None:
     """Delete a source and revoke its tokens (its runs, items and records stay, unlinked)."""
     source = await service.get(session, source_id, scope_source_id=principal.source_id)
     await service.delete(session, source)
@@ -116,7 +121,9 @@ async def delete_source(source_id: int, session: SessionDep, principal: AdminDep
 @router.post(
     "/{source_id:int}/pause", response_model=One[SourceOut], responses=error_responses(404)
 )
-async def pause_source(source_id: int, session: SessionDep, principal: AdminDep) -> dict[str, Any]:
+async def pause_source(
+    source_id: SourceId, session: SessionDep, principal: AdminDep
+) -> dict[str, Any]:
     """Pause a source: no scheduled run starts and its pushes get 409 until it is resumed."""
     source = await service.get(
         session, source_id, scope_source_id=principal.source_id, for_update=True
@@ -127,7 +134,9 @@ async def pause_source(source_id: int, session: SessionDep, principal: AdminDep)
 @router.post(
     "/{source_id:int}/resume", response_model=One[SourceOut], responses=error_responses(404)
 )
-async def resume_source(source_id: int, session: SessionDep, principal: AdminDep) -> dict[str, Any]:
+async def resume_source(
+    source_id: SourceId, session: SessionDep, principal: AdminDep
+) -> dict[str, Any]:
     """Resume a paused source."""
     source = await service.get(
         session, source_id, scope_source_id=principal.source_id, for_update=True
@@ -181,7 +190,7 @@ async def _sync(
     responses=error_responses(404, 409, 422),
 )
 async def sync_source(
-    source_id: int,
+    source_id: SourceId,
     request: Request,
     session: SessionDep,
     queue: QueueDep,
@@ -199,7 +208,7 @@ async def sync_source(
     responses=error_responses(404, 409, 422),
 )
 async def import_source(
-    source_id: int,
+    source_id: SourceId,
     request: Request,
     session: SessionDep,
     queue: QueueDep,
@@ -214,10 +223,10 @@ async def import_source(
     "/{source_id:int}/tokens",
     status_code=status.HTTP_201_CREATED,
     response_model=One[SourceTokenOut],
-    responses=error_responses(404, 422),
+    responses=error_responses(400, 404, 422),
 )
 async def create_source_token(
-    source_id: int,
+    source_id: SourceId,
     session: SessionDep,
     principal: AdminDep,
     body: Annotated[SourceTokenCreate | None, Body()] = None,

@@ -1,8 +1,10 @@
-"""The app's route table as test cases: each API route, the abilities it requires, and a URL
-with dummy path parameters. Built from ``app.routes``, so new routes are covered as they land."""
+"""The app's route table as test cases: each API route, the abilities it requires, its path and
+query parameters, and a URL with dummy path parameters. Built from ``app.routes``, so new routes
+are covered as they land."""
 
+import types
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, Union, get_args, get_origin
 
 import fastapi.routing
 from fastapi.dependencies.models import Dependant
@@ -23,6 +25,16 @@ DUMMY_STR = "x"
 _served_routes: Any = getattr(fastapi.routing, "iter_route_contexts", iter)
 
 
+ParamKind = Literal["int", "text", "other"]
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str  # as a client sends it (the alias)
+    location: Literal["path", "query"]
+    kind: ParamKind  # "other": a bool, an enum or a Literal
+
+
 @dataclass(frozen=True)
 class RouteCase:
     method: str
@@ -30,6 +42,7 @@ class RouteCase:
     url: str  # with dummy path parameters
     abilities: frozenset[str]  # from every require(...) in the dependency tree
     has_body: bool
+    params: tuple[Param, ...] = ()  # path and query parameters, sub-dependencies' included
 
     @property
     def name(self) -> str:
@@ -42,6 +55,15 @@ class RouteCase:
 
     def request_kwargs(self) -> dict[str, Any]:
         return {"json": {}} if self.has_body else {}
+
+    def url_with(self, **values: Any) -> str:
+        """The URL with these path parameters and dummies for the others."""
+        dummies = {
+            p.name: DUMMY_INT if p.kind == "int" else DUMMY_STR
+            for p in self.params
+            if p.location == "path"
+        }
+        return self.path.format(**{**dummies, **values})
 
 
 def required_abilities(dependant: Dependant) -> frozenset[str]:
@@ -60,6 +82,35 @@ def _path_annotations(dependant: Dependant) -> dict[str, Any]:
     for sub in dependant.dependencies:
         found.update(_path_annotations(sub))
     return found
+
+
+def _kind(annotation: Any) -> ParamKind:
+    optional = get_origin(annotation) in (Union, types.UnionType)
+    members = set(get_args(annotation)) - {type(None)} if optional else {annotation}
+    if members == {int}:
+        return "int"
+    return "text" if members == {str} else "other"
+
+
+def _params(route: Any) -> tuple[Param, ...]:
+    def walk(dependant: Dependant) -> list[Param]:
+        found = [
+            Param(field.name, "path", "int" if is_int(field) else "text")
+            for field in dependant.path_params
+        ]
+        found += [
+            Param(field.alias, "query", _kind(field.field_info.annotation))
+            for field in dependant.query_params
+        ]
+        for sub in dependant.dependencies:
+            found += walk(sub)
+        return found
+
+    def is_int(field: Any) -> bool:
+        convertor = route.param_convertors.get(field.name)
+        return isinstance(convertor, IntegerConvertor) or field.field_info.annotation is int
+
+    return tuple(dict.fromkeys(walk(route.dependant)))
 
 
 def _dummy_url(route: Any) -> str:
@@ -95,6 +146,7 @@ def api_routes() -> list[RouteCase]:
                     url=_dummy_url(route),
                     abilities=required_abilities(route.dependant),
                     has_body=route.body_field is not None,
+                    params=_params(route),
                 )
             )
     return sorted(cases, key=lambda case: (case.path, case.method))

@@ -501,3 +501,78 @@ async def test_processing_run_counters_are_visible_while_it_runs(
     }
     # A summary is reported at the end, not half-way.
     assert run["summary"] is None and run["completed_at"] is None and run["rows"] == []
+
+
+# --- rows in every single-run response ---------------------------------------------------------
+# SPEC §5: an IngestRunResource has `rows`; a run that was just started has none loaded yet.
+
+
+@pytest.mark.usefixtures("users_importer")
+async def test_upload_answers_a_run_resource_with_empty_rows(upload: Upload) -> None:
+    response = await upload("users", CLEAN_CSV, filename="users.csv")
+    assert response.status_code == 202, response.text
+    run = response.json()["data"]
+    assert set(run) >= RUN_KEYS
+    assert run["rows"] == []
+
+
+async def test_trigger_answers_a_run_resource_with_empty_rows(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], create_importer: CreateImporter
+) -> None:
+    await create_importer(
+        key=["email"],
+        fields=USER_FIELDS,
+        source={"type": "url", "url": "https://data.example.test/users.csv"},
+    )
+    response = await client.post(f"{API}/trigger/users", headers=admin_headers)
+    assert response.status_code == 202, response.text
+    run = response.json()["data"]
+    assert set(run) >= RUN_KEYS
+    assert run["rows"] == []
+
+
+@pytest.mark.usefixtures("users_importer")
+async def test_retry_answers_a_run_resource_with_empty_rows(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], import_csv: ImportCsv
+) -> None:
+    parent_id = await import_csv(DEFECTS_CSV)
+    response = await client.post(f"{API}/{parent_id}/retry", headers=admin_headers)
+    assert response.status_code == 202, response.text
+    run = response.json()["data"]
+    assert set(run) >= RUN_KEYS
+    assert run["rows"] == []
+
+
+@pytest.mark.parametrize("action", ["sync", "import"])
+async def test_source_sync_and_import_answer_run_resources_with_empty_rows(
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    create_importer: CreateImporter,
+    make_source: MakeSource,
+    action: str,
+) -> None:
+    source_id = await make_source("feed")
+    await create_importer(
+        slug="prices",
+        source={"type": "url", "url": "https://data.example.test/prices.csv"},
+        source_id=source_id,
+        key=["sku"],
+        fields={"sku": {"type": "string"}},
+    )
+    response = await client.post(f"{API}/sources/{source_id}/{action}", headers=admin_headers)
+    assert response.status_code == 202, response.text
+    (run,) = response.json()["data"]["runs"]
+    assert set(run) >= RUN_KEYS
+    assert run["rows"] == []
+
+
+@pytest.mark.usefixtures("users_importer")
+async def test_an_idempotent_replay_of_an_upload_has_the_same_rows(
+    upload: Upload, admin_headers: dict[str, str]
+) -> None:
+    headers = {**admin_headers, "Idempotency-Key": "upload-once"}
+    first = await upload("users", CLEAN_CSV, headers=headers)
+    again = await upload("users", CLEAN_CSV, headers=headers)
+    assert first.status_code == again.status_code == 202, again.text
+    assert again.json() == first.json()
+    assert again.json()["data"]["rows"] == []
