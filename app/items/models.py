@@ -15,7 +15,15 @@ class Item(TimestampMixin, Base):
 
     __tablename__ = "items"
     __table_args__ = (
-        # The same (source, type, external id) pushed again updates the open item.
+        # One open item per identity, which a push of it again updates (staging.py): the
+        # key (the record the item becomes), or for a keyless item its (source, external id).
+        Index(
+            "uq_items_open_key",
+            "type",
+            "key",
+            unique=True,
+            postgresql_where=text("key IS NOT NULL AND status NOT IN ('merged', 'rejected')"),
+        ),
         Index(
             "uq_items_open_external",
             text("coalesce(source_id, 0)"),
@@ -23,7 +31,7 @@ class Item(TimestampMixin, Base):
             "external_id",
             unique=True,
             postgresql_where=text(
-                "external_id IS NOT NULL AND status NOT IN ('merged', 'rejected')"
+                "key IS NULL AND external_id IS NOT NULL AND status NOT IN ('merged', 'rejected')"
             ),
         ),
         Index("ix_items_status_id", "status", "id"),

@@ -404,9 +404,14 @@ async def retarget(
                 "retarget",
             )
     except IntegrityError as exc:
+        # One open item per key, or for keyless items per (source, external id): staging.py.
+        same = (
+            f"key {staged.key!r}"
+            if staged.key is not None
+            else f"external id {staged.external_id!r} for this source"
+        )
         raise Conflict(
-            f"An open item of type {new_type} with external id {staged.external_id!r} already "
-            "exists for this source; review that one instead."
+            f"An open item of type {new_type} with {same} already exists; review that one instead."
         ) from exc
     text = f"Retargeted from {old_type} to {new_type}."
     note = _clean(note)

@@ -3,9 +3,13 @@
 Runs inside the chunk's transaction on its asyncpg connection, so staging commits (or not)
 with the chunk's row log and counters: a chunk delivered twice stages its rows once.
 
-- A row whose ``(source, type, external_id)`` matches an open item updates that item instead
-  of adding one; if its content changed, the item goes back to ``pending`` (a curator's
-  approval or change request was about the old content) and the change is recorded.
+- An item's identity is its key (the record it becomes) or, for a keyless item, its
+  ``(source, type, external_id)``; one item per identity is open (the partial unique indexes
+  on items). A row whose identity has an open item updates that item instead of adding one:
+  new content is a resubmission, which sends the item back to ``pending`` (a curator's
+  approval or change request was about the old content) and is recorded as a transition;
+  identical content leaves the item's status, history and version (``updated_at``) as they
+  were. A merged or rejected item is closed: the row adds a new item.
 - Every staged item gets duplicate markers (``refresh_markers``).
 """
 
@@ -20,8 +24,9 @@ from app.importers.schemas import ImporterDefinition
 from app.pipeline.chunks import ChunkRow
 from app.pipeline.writer import content_hash
 
-# Open items: the ones a new push of the same external id updates (the partial unique index).
+# Open items: the ones a new push of the same identity updates (the partial unique indexes).
 CLOSED_STATUSES = ("merged", "rejected")
+_OPEN = f"status NOT IN ({', '.join(repr(status) for status in CLOSED_STATUSES)})"
 # Markers kept per kind and match, best first: enough to review, bounded for a flood of copies.
 MAX_MARKERS = 10
 
@@ -38,20 +43,46 @@ _UNNEST = (
 
 INSERT_ITEMS = f"INSERT INTO items ({_COLUMNS}) {_UNNEST} RETURNING id"
 
-UPSERT_ITEMS = f"""
-INSERT INTO items AS i ({_COLUMNS}) {_UNNEST}
-ON CONFLICT (coalesce(source_id, 0), type, external_id)
-    WHERE external_id IS NOT NULL AND status NOT IN ('merged', 'rejected')
-DO UPDATE SET
-    status = CASE WHEN i.content_hash IS DISTINCT FROM EXCLUDED.content_hash
-                  THEN 'pending' ELSE i.status END,
-    importer_id = EXCLUDED.importer_id, run_id = EXCLUDED.run_id,
-    row_number = EXCLUDED.row_number, collection = EXCLUDED.collection, key = EXCLUDED.key,
-    title = EXCLUDED.title, data = EXCLUDED.data, original = EXCLUDED.original,
-    content_hash = EXCLUDED.content_hash, updated_at = clock_timestamp()
+# Per identity: its open items, locked (the lookup), and the insert of the rows none has. The
+# insert does nothing for a row whose item another chunk added after the lookup (it waits
+# for that chunk to commit), so two chunks never both add one; the next lookup finds it.
+OPEN_BY_KEY = (
+    "SELECT id, key AS identity, status, content_hash FROM items "
+    f"WHERE type = $1 AND key = ANY($2::text[]) AND {_OPEN} ORDER BY id FOR UPDATE"
+)
+INSERT_BY_KEY = (
+    f"INSERT INTO items ({_COLUMNS}) {_UNNEST} "
+    f"ON CONFLICT (type, key) WHERE key IS NOT NULL AND {_OPEN} DO NOTHING "
+    "RETURNING id, key AS identity"
+)
+OPEN_BY_EXTERNAL_ID = (
+    "SELECT id, external_id AS identity, status, content_hash FROM items "
+    "WHERE coalesce(source_id, 0) = coalesce($3::int, 0) AND type = $1 AND key IS NULL "
+    f"AND external_id = ANY($2::text[]) AND {_OPEN} ORDER BY id FOR UPDATE"
+)
+INSERT_BY_EXTERNAL_ID = (
+    f"INSERT INTO items ({_COLUMNS}) {_UNNEST} "
+    "ON CONFLICT (coalesce(source_id, 0), type, external_id) "
+    f"WHERE key IS NULL AND external_id IS NOT NULL AND {_OPEN} DO NOTHING "
+    "RETURNING id, external_id AS identity"
+)
+
+# The locked open items take their rows. New content sends an item back to review and bumps
+# its version; identical content only moves the item to the row that sent it again.
+UPDATE_ITEMS = """
+UPDATE items AS i SET
+    status = CASE WHEN i.content_hash IS DISTINCT FROM t.hash THEN 'pending' ELSE i.status END,
+    updated_at = CASE WHEN i.content_hash IS DISTINCT FROM t.hash
+                      THEN clock_timestamp() ELSE i.updated_at END,
+    run_id = $1::int, importer_id = $2::int, collection = $3::text,
+    row_number = t.row_number, external_id = t.external_id, title = t.title, data = t.data,
+    original = t.original, content_hash = t.hash
+FROM unnest($4::bigint[], $5::int[], $6::text[], $7::text[], $8::jsonb[], $9::json[],
+            $10::text[]) AS t(id, row_number, external_id, title, data, original, hash)
 -- A later push wins, and within one push a later row, whatever order chunks commit in.
-WHERE (coalesce(i.run_id, 0), coalesce(i.row_number, 0)) < (EXCLUDED.run_id, EXCLUDED.row_number)
-RETURNING id, external_id, status, content_hash
+WHERE i.id = t.id
+  AND (coalesce(i.run_id, 0), coalesce(i.row_number, 0)) < ($1::int, t.row_number)
+RETURNING i.id
 """
 
 INSERT_EVENTS = """
@@ -141,6 +172,10 @@ UPDATE items i SET duplicates = markers.m FROM markers WHERE i.id = markers.id
 """
 
 
+# A transition to record: (item id, from status, to status, note).
+Event = tuple[int, str | None, str, str | None]
+
+
 @dataclass(slots=True)
 class _Staged:
     row_number: int
@@ -173,11 +208,11 @@ def prepare(row: ChunkRow, definition: ImporterDefinition) -> _Staged:
     )
 
 
-def _arrays(rows: Sequence[_Staged]) -> list[list[Any]]:
+def _arrays(rows: Sequence[_Staged], *, with_key: bool = True) -> list[list[Any]]:
     return [
         [r.row_number for r in rows],
         [r.external_id for r in rows],
-        [r.key for r in rows],
+        *([[r.key for r in rows]] if with_key else []),
         [r.title for r in rows],
         [r.data for r in rows],
         [r.original for r in rows],
@@ -212,7 +247,7 @@ async def refresh_markers(
 
 async def record_events(
     conn: asyncpg.Connection,
-    events: Sequence[tuple[int, str | None, str, str | None]],
+    events: Sequence[Event],
     *,
     user_id: int | None,
     token_id: int | None,
@@ -237,6 +272,58 @@ def _default_threshold() -> float:
     return get_settings().near_duplicate_threshold
 
 
+async def _stage_by_identity(
+    conn: asyncpg.Connection,
+    rows: dict[str, _Staged],
+    *,
+    by_key: bool,
+    head: tuple[str, int | None, int | None, int, str],
+) -> tuple[list[int], list[Event]]:
+    """Stage ``rows`` (by identity: their key, or ``by_key`` False their external id): each
+    updates its identity's open item, or adds one."""
+    slug, source_id, importer_id, run_id, collection = head
+    find, insert = (
+        (OPEN_BY_KEY, INSERT_BY_KEY) if by_key else (OPEN_BY_EXTERNAL_ID, INSERT_BY_EXTERNAL_ID)
+    )
+    scope = () if by_key else (source_id,)
+    ids: list[int] = []
+    events: list[Event] = []
+    left = dict(rows)
+    # A row the insert skipped met an item committed since the lookup: the next round
+    # updates it. Each round places every row another chunk does not race it for again.
+    while left:
+        found = await conn.fetch(find, slug, sorted(left), *scope)
+        if found:
+            batch = [left.pop(item["identity"]) for item in found]
+            updated = {
+                r["id"]
+                for r in await conn.fetch(
+                    UPDATE_ITEMS,
+                    run_id,
+                    importer_id,
+                    collection,
+                    [item["id"] for item in found],
+                    *_arrays(batch, with_key=False),
+                )
+            }
+            for item, staged in zip(found, batch, strict=True):
+                if item["id"] not in updated:  # it holds a later row already
+                    continue
+                ids.append(item["id"])
+                if item["content_hash"] != staged.hash:
+                    note = f"Resubmitted by run {run_id}."
+                    events.append((item["id"], item["status"], "pending", note))
+        if left:
+            # In identity order, as every chunk inserts: two chunks adding the same items
+            # wait for one another in one order, never in a cycle.
+            batch = [left[identity] for identity in sorted(left)]
+            for r in await conn.fetch(insert, *head, *_arrays(batch)):
+                del left[r["identity"]]
+                ids.append(r["id"])
+                events.append((r["id"], None, "pending", f"Staged by run {run_id}."))
+    return ids, events
+
+
 async def stage_rows(
     conn: asyncpg.Connection,
     *,
@@ -255,50 +342,33 @@ async def stage_rows(
     importer_id = run["importer_id"] if run else None
     user_id, token_id = (run["user_id"], run["token_id"]) if run else (None, None)
 
-    # Within one chunk the last row of an external id wins, as it would pushed one by one
-    # (and one statement may not update a row twice).
-    keyed: dict[str, _Staged] = {}
+    # Within one chunk the last row of an identity wins, as it would pushed one by one.
+    by_key: dict[str, _Staged] = {}
+    by_external_id: dict[str, _Staged] = {}
     fresh: list[_Staged] = []
     for row in rows:
         staged = prepare(row, definition)
-        if staged.external_id is None:
-            fresh.append(staged)
+        if staged.key is not None:
+            by_key[staged.key] = staged
+        elif staged.external_id is not None:
+            by_external_id[staged.external_id] = staged
         else:
-            keyed.pop(staged.external_id, None)
-            keyed[staged.external_id] = staged
+            fresh.append(staged)
 
     head = (definition.slug, source_id, importer_id, run_id, definition.collection)
-    events: list[tuple[int, str | None, str, str | None]] = []
     ids: list[int] = []
-    staged_note = f"Staged by run {run_id}."
+    events: list[Event] = []
     if fresh:
         inserted = await conn.fetch(INSERT_ITEMS, *head, *_arrays(fresh))
         ids += [r["id"] for r in inserted]
-        events += [(r["id"], None, "pending", staged_note) for r in inserted]
-    if keyed:
-        batch = list(keyed.values())
-        # The open items these rows will update, locked, to tell what each update changed.
-        before = {
-            r["external_id"]: r
-            for r in await conn.fetch(
-                "SELECT id, external_id, status, content_hash FROM items "
-                "WHERE coalesce(source_id, 0) = coalesce($1::int, 0) AND type = $2 "
-                "AND external_id = ANY($3::text[]) AND status NOT IN ('merged', 'rejected') "
-                "FOR UPDATE",
-                source_id,
-                definition.slug,
-                list(keyed),
+        events += [(r["id"], None, "pending", f"Staged by run {run_id}.") for r in inserted]
+    for identified, keyed in ((by_key, True), (by_external_id, False)):
+        if identified:
+            staged_ids, staged_events = await _stage_by_identity(
+                conn, identified, by_key=keyed, head=head
             )
-        }
-        for r in await conn.fetch(UPSERT_ITEMS, *head, *_arrays(batch)):
-            ids.append(r["id"])
-            old = before.get(r["external_id"])
-            if old is None or old["id"] != r["id"]:
-                events.append((r["id"], None, "pending", staged_note))
-            elif old["content_hash"] != r["content_hash"]:
-                events.append(
-                    (r["id"], old["status"], "pending", f"Updated by run {run_id}: new content.")
-                )
+            ids += staged_ids
+            events += staged_events
     await record_events(conn, events, user_id=user_id, token_id=token_id)
     await refresh_markers(
         conn,

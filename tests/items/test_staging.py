@@ -75,7 +75,7 @@ async def test_a_repeated_external_id_updates_the_open_item(
         ("pending", "changes_requested"),
         ("changes_requested", "pending"),
     ]
-    assert item["events"][-1]["note"] == f"Updated by run {item['run_id']}: new content."
+    assert item["events"][-1]["note"] == f"Resubmitted by run {item['run_id']}."
 
 
 async def test_an_unchanged_repeat_keeps_the_review_state(
