@@ -91,7 +91,8 @@ async def push_items(
     source_id = principal.source_id if principal.source_id is not None else importer.source_id
     source = await service.push_source(session, source_id)
     if principal.source_id is not None and source is not None:
-        service.check_source_urls(items, source, [body.path(i) for i in range(len(items))])
+        paths = [body.path(i) for i in range(len(items))]
+        service.check_source_urls(definition, items, source, paths)
     hooks.apply_hooks(definition, items)
     hooks.align_columns(definition, items)
 

@@ -88,19 +88,44 @@ async def push_source(session: AsyncSession, source_id: int | None) -> Source | 
     return source
 
 
-def check_source_urls(items: list[dict[str, Any]], source: Source, paths: list[str]) -> None:
-    """A source-bound token pushes only its own source's items: each item's ``source_url``
-    must name the token's source (403 otherwise). An item without one is the source's own:
-    it gets the source's URL, so the field is there for the importer to map."""
+def check_source_urls(
+    definition: ImporterDefinition,
+    items: list[dict[str, Any]],
+    source: Source,
+    paths: list[str],
+) -> None:
+    """A source-bound token pushes only its own source's items (403 otherwise).
+
+    The check reads what the importer will map: every key of an item that header matching
+    folds onto the ``source_url`` field (``Source_URL``, ``source-url``, an alias in its
+    ``from``...) must name the token's source, compared in canonical form. The item then
+    carries the source's own URL under the field's first name and under no other spelling,
+    so the same feed always gives the same record key. An item without one is the source's
+    own."""
+    spec = definition.fields.get("source_url")
+    names = {hooks.fold(name) for name in (spec.from_ if spec and spec.from_ else ["source_url"])}
+    primary = spec.from_[0] if spec and spec.from_ else "source_url"
     for item, path in zip(items, paths, strict=True):
-        value = item.get("source_url")
-        if value is None or value == "":
-            item["source_url"] = source.source_url
-        elif not isinstance(value, str) or not same_source_url(value, source.source_url):
-            raise Forbidden(
-                f"The {path}.source_url does not match the token's source ({source.source_url})."
-                " Nothing was stored."
-            )
+        spellings = {key for key in item if hooks.fold(key) in names}
+        for key in spellings:
+            value = item[key]
+            if value is None or value == "":
+                continue
+            if not isinstance(value, str) or not same_source_url(value, source.source_url):
+                raise Forbidden(
+                    f"The {path}.{key} does not match the token's source "
+                    f"({source.source_url}). Nothing was stored."
+                )
+        # In place and where the agent put it: the item's column order is kept.
+        rebuilt: dict[str, Any] = {}
+        for key, value in item.items():
+            if key not in spellings:
+                rebuilt[key] = value
+            elif primary not in rebuilt:
+                rebuilt[primary] = source.source_url
+        rebuilt.setdefault(primary, source.source_url)
+        item.clear()
+        item.update(rebuilt)
 
 
 # --- reading ----------------------------------------------------------------------------
@@ -313,6 +338,16 @@ async def _promote(session: AsyncSession, item: Item) -> None:
         )
     digest = item.content_hash or content_hash(item.data)
     conn = await raw_connection(session)
+    owner = await conn.fetchrow(
+        "SELECT source_id FROM records WHERE collection = $1 AND key = $2",
+        item.collection,
+        key,
+    )
+    if owner is not None and item.source_id is not None and owner["source_id"] != item.source_id:
+        raise Conflict(
+            f"Record '{key}' of {item.collection} belongs to another source: an item of "
+            f"source {item.source_id} cannot change it."
+        )
     await upsert_records(
         conn,
         item.collection,

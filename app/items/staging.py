@@ -324,6 +324,23 @@ async def _stage_by_identity(
     return ids, events
 
 
+async def foreign_open_keys(
+    conn: asyncpg.Connection, type_: str, keys: list[str], source_id: int
+) -> set[str]:
+    """Of `keys`, those whose open item of `type_` belongs to a source other than
+    `source_id` (or to none): a run of that source may not resubmit them."""
+    if not keys:
+        return set()
+    rows = await conn.fetch(
+        f"SELECT key FROM items WHERE type = $1 AND key = ANY($2::text[]) AND {_OPEN} "
+        "AND source_id IS DISTINCT FROM $3::int",
+        type_,
+        keys,
+        source_id,
+    )
+    return {row["key"] for row in rows}
+
+
 async def stage_rows(
     conn: asyncpg.Connection,
     *,

@@ -116,20 +116,33 @@ async def maybe_finalize(
 async def _replace_unseen(
     session: AsyncSession, run_id: int, definition: ImporterDefinition, dry_run: bool
 ) -> int:
-    """``replace``: records of the collection that this run did not see go away."""
+    """``replace``: records of the collection that this run did not see go away; a run for a
+    source replaces only that source's records."""
+    source_id = await session.scalar(
+        text(
+            "SELECT coalesce(r.source_id, i.source_id) FROM runs r "
+            "JOIN importers i ON i.id = r.importer_id WHERE r.id = :id"
+        ),
+        {"id": run_id},
+    )
+    params = {"c": definition.collection, "id": run_id, "source": source_id}
+    own = "(CAST(:source AS int) IS NULL OR r.source_id = :source)"
     if dry_run:
         # A dry run wrote nothing; it logged every row's key, so count what would go.
         count = await session.scalar(
             text(
-                "SELECT count(*) FROM records r WHERE r.collection = :c AND NOT EXISTS "
+                f"SELECT count(*) FROM records r WHERE r.collection = :c AND {own} AND NOT EXISTS "
                 "(SELECT 1 FROM run_rows w WHERE w.run_id = :id AND w.record_key = r.key "
                 "AND w.status <> 'failed')"
             ),
-            {"c": definition.collection, "id": run_id},
+            params,
         )
         return int(count or 0)
     result = await session.execute(
-        text("DELETE FROM records WHERE collection = :c AND last_run_id IS DISTINCT FROM :id"),
-        {"c": definition.collection, "id": run_id},
+        text(
+            "DELETE FROM records r WHERE r.collection = :c "
+            f"AND r.last_run_id IS DISTINCT FROM :id AND {own}"
+        ),
+        params,
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -45,6 +45,8 @@ class Known:
     hash: str
     compare: Any
     input_hash: str | None = None
+    # The source the record belongs to: a run of another source may not change it.
+    source_id: int | None = None
 
 
 # Joins a row's cells for hashing; a row with a cell that holds it is not hashed.

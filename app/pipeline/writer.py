@@ -11,7 +11,7 @@ a byte range of the run's input file: other rows are read back from that file wh
 """
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -49,9 +49,20 @@ SET data = EXCLUDED.data, content_hash = EXCLUDED.content_hash, input_hash = EXC
     last_run_id = EXCLUDED.last_run_id, last_row_number = EXCLUDED.last_row_number,
     updated_at = CASE WHEN r.content_hash = EXCLUDED.content_hash THEN r.updated_at ELSE now() END
 -- Within one run a later row wins, whatever order concurrent chunks commit in.
-WHERE r.last_run_id IS DISTINCT FROM EXCLUDED.last_run_id
-   OR r.last_row_number < EXCLUDED.last_row_number
+WHERE (r.last_run_id IS DISTINCT FROM EXCLUDED.last_run_id
+       OR r.last_row_number < EXCLUDED.last_row_number)
+  -- A write for a source never changes another source's record (the plan fails such rows;
+  -- this holds should one be created between the plan and the write).
+  AND ($2::int IS NULL OR r.source_id = $2::int)
 """
+
+FOREIGN_RECORD = (
+    "The record '{key}' belongs to another source: a run of source {source} cannot change it."
+)
+FOREIGN_ITEM = (
+    "The open item of key '{key}' belongs to another source: a run of source {source} cannot "
+    "change it."
+)
 
 ROW_LOG_COLUMNS = ("run_id", "row_number", "status", "outcome", "record_key", "data", "errors")
 
@@ -110,13 +121,16 @@ def plan_chunk(
     columns: Sequence[str],
     copy_originals: bool = True,
     unchanged: Sequence[Unchanged] = (),
+    foreign: Mapping[str, str] | None = None,
 ) -> Plan:
     """Decide every row's outcome, in row order, as if rows were applied one by one; rows
     known `unchanged` by their input hash (one row per key in the chunk) are counted apart.
     `copy_originals` False: only failed rows keep their original data in the row log.
     `columns` name the cells of originals given as lists: the row log and staged rows get
-    dicts."""
+    dicts. Rows whose key is in `foreign` (another source's record or item) fail with its
+    message."""
     plan = Plan()
+    foreign = foreign or {}
     strategy = definition.on_duplicate
     compare = definition.compare_field
     duplicate_message = f"Duplicate entry found for key '{', '.join(definition.key)}'."
@@ -136,7 +150,9 @@ def plan_chunk(
             # A repeated key decides the row under skip and fail; under update it only holds
             # the record's position (below): the splitter may also mistake a few new keys
             # for repeated ones.
-            if known is None and not (row.duplicate and strategy in ("skip", "fail")):
+            if key in foreign:
+                status, errors = "failed", {"message": foreign[key]}
+            elif known is None and not (row.duplicate and strategy in ("skip", "fail")):
                 outcome = "created"
             elif strategy == "skip":
                 status, outcome = "skipped", "skipped"
@@ -224,20 +240,22 @@ async def fetch_existing(
     compare = definition.compare_field
     if compare is None:  # the record's data stays unread
         rows = await conn.fetch(
-            "SELECT key, content_hash, input_hash FROM records "
+            "SELECT key, content_hash, input_hash, source_id FROM records "
             "WHERE collection = $1 AND key = ANY($2::text[])",
             definition.collection,
             keys,
         )
-        return {key: Known(content, None, given) for key, content, given in rows}
+        return {key: Known(content, None, given, source) for key, content, given, source in rows}
     rows = await conn.fetch(
-        "SELECT key, content_hash, input_hash, data -> $3::text FROM records "
+        "SELECT key, content_hash, input_hash, source_id, data -> $3::text FROM records "
         "WHERE collection = $1 AND key = ANY($2::text[])",
         definition.collection,
         keys,
         compare,
     )
-    return {key: Known(content, value, given) for key, content, given, value in rows}
+    return {
+        key: Known(content, value, given, source) for key, content, given, source, value in rows
+    }
 
 
 RECORD_COLUMNS = (
@@ -465,10 +483,11 @@ async def _apply(
         if plan.touched:
             await conn.execute(
                 "UPDATE records SET last_run_id = $1 WHERE collection = $2 "
-                "AND key = ANY($3::text[])",
+                "AND key = ANY($3::text[]) AND ($4::int IS NULL OR source_id = $4::int)",
                 run_id,
                 definition.collection,
                 plan.touched,
+                run["source_id"],
             )
         if plan.staged:
             from app.items.staging import stage_rows
@@ -506,11 +525,28 @@ async def _plan(
     computed = {k[0] for k in keyed if k is not None} - looked_up
     existing.update(await fetch_existing(conn, definition, list(computed)))
     looked_up |= computed
-    rows, unchanged = validator.validate(raws, keyed, existing)
+    # A run for a source changes only that source's records: the others' rows are validated
+    # (never taken as unchanged) and then fail.
+    source_id = run["source_id"]
+    own = existing
+    if source_id is not None:
+        own = {key: known for key, known in existing.items() if known.source_id == source_id}
+    rows, unchanged = validator.validate(raws, keyed, own)
     if definition.action != "append":
         rest = {r.key for r in rows if r.key is not None and r.key not in looked_up}
         existing.update(await fetch_existing(conn, definition, list(rest)))
     stage = definition.approval == "manual" or run["approval_mode"] == "manual"
+    foreign: dict[str, str] = {}
+    if source_id is not None:
+        for key, known in existing.items():
+            if known.source_id != source_id:
+                foreign[key] = FOREIGN_RECORD.format(key=key, source=source_id)
+        if stage:
+            from app.items.staging import foreign_open_keys
+
+            keys = [r.key for r in rows if r.key is not None and r.key not in foreign]
+            for key in await foreign_open_keys(conn, definition.slug, keys, source_id):
+                foreign[key] = FOREIGN_ITEM.format(key=key, source=source_id)
     # A dry run logs every row: its row log *is* the report of what would happen.
     log_all = definition.log_rows == "all" or run["dry_run"]
     return plan_chunk(
@@ -523,6 +559,7 @@ async def _plan(
         copy_originals=not in_file,
         unchanged=unchanged,
         columns=run["columns"] or (),
+        foreign=foreign,
     )
 
 
