@@ -4,7 +4,7 @@ from app.auth.models import Token, User
 from app.importers.models import Importer
 from app.items.models import Item, ItemEvent
 from app.records.models import Record
-from app.runs.models import IdempotencyKey, Run, RunChunk, RunRow
+from app.runs.models import IdempotencyKey, Run, RunChunk, RunRow, Worker
 from app.sources.models import Source
 
 __all__ = [
@@ -19,4 +19,5 @@ __all__ = [
     "Source",
     "Token",
     "User",
+    "Worker",
 ]

@@ -12,5 +12,6 @@ def api_routers() -> list[APIRouter]:
     from app.runs.intake import router as intake
     from app.runs.router import router as runs
     from app.sources.router import router as sources
+    from app.worker.router import router as workers
 
-    return [importers, sources, items, records, tokens, intake, runs]
+    return [importers, sources, items, records, tokens, workers, intake, runs]

@@ -34,7 +34,18 @@ class Settings(BaseSettings):
     # idle until the next poll: at 0.1 s a worker spent more time waiting than working.
     worker_poll_seconds: float = Field(0.01, gt=0, le=5)
     run_timeout_minutes: int = Field(120, ge=1)
-    reconcile_interval_seconds: int = Field(60, ge=5)
+    reconcile_interval_seconds: int = Field(10, ge=1)
+    # A split or chunk is claimed in Postgres for this long, renewed every third of it while
+    # its worker lives; an expired claim is taken over by the reconciler.
+    lease_seconds: int = Field(30, ge=1)
+    # Claims of one chunk (or split) before it is given up: its rows (or its run) fail.
+    max_attempts: int = Field(5, ge=1)
+    # On SIGTERM a worker takes no new job and gives running ones this long to finish.
+    shutdown_grace_seconds: int = Field(30, ge=0)
+    # For tests only: a chunk job sleeps this long after claiming its chunk
+    # (`claim_hold`), or inside its transaction once the ledger row is locked (`hold`).
+    test_chunk_claim_hold_seconds: float = Field(0, ge=0)
+    test_chunk_hold_seconds: float = Field(0, ge=0)
 
     near_duplicate_threshold: float = Field(0.6, ge=0, le=1)
     idempotency_ttl_hours: int = Field(24, ge=1)

@@ -1,7 +1,9 @@
 """The arq queue: a Redis pool that speaks JSON (never pickle) and enqueues only after commit.
 
-Redis holds no truth. Job ids are deterministic (``split:42``, ``chunk:42:7``) so a job enqueued
-twice runs once while it exists, and a job Redis lost is enqueued again by the reconciler.
+Redis holds no truth. Job ids are deterministic and carry the claims the work had so far in the
+ledger (``split:42:0``, ``chunk:42:7:0``): a job enqueued twice runs once while it exists, a job
+Redis lost is enqueued again by the reconciler, and work whose worker died is enqueued under a
+new id, so arq's stale "in progress" lock of the dead attempt never blocks it.
 """
 
 from typing import Any
@@ -41,20 +43,44 @@ def create_queue(url: str, queue_name: str) -> ArqRedis:
     )
 
 
-def split_job_id(run_id: int) -> str:
-    return f"split:{run_id}"
+def split_job_id(run_id: int, attempt: int = 0, retake: int | None = None) -> str:
+    return f"split:{run_id}:{attempt}" + ("" if retake is None else f":{retake}")
 
 
-def chunk_job_id(run_id: int, index: int) -> str:
-    return f"chunk:{run_id}:{index}"
+def chunk_job_id(run_id: int, index: int, attempt: int = 0, retake: int | None = None) -> str:
+    return f"chunk:{run_id}:{index}:{attempt}" + ("" if retake is None else f":{retake}")
 
 
-async def enqueue_split(queue: ArqRedis, run_id: int) -> None:
-    await queue.enqueue_job("split_run", run_id, _job_id=split_job_id(run_id))
+async def enqueue_split(
+    queue: ArqRedis,
+    run_id: int,
+    attempt: int = 0,
+    retake: int | None = None,
+) -> None:
+    """``attempt`` is the claims the split had so far (0 for a new run); ``retake`` tells a
+    job apart from one a dead worker took before it could claim (see the reconciler)."""
+    job_id = split_job_id(run_id, attempt, retake)
+    await queue.enqueue_job("split_run", run_id, _job_id=job_id)
 
 
-async def enqueue_chunk(queue: ArqRedis, run_id: int, index: int) -> None:
-    await queue.enqueue_job("apply_chunk", run_id, index, _job_id=chunk_job_id(run_id, index))
+async def enqueue_chunk(
+    queue: ArqRedis,
+    run_id: int,
+    index: int,
+    attempt: int = 0,
+    retake: int | None = None,
+) -> None:
+    """``attempt`` is the claims the chunk had so far (0 for a new chunk); ``retake`` as for
+    ``enqueue_split``."""
+    job_id = chunk_job_id(run_id, index, attempt, retake)
+    await queue.enqueue_job("apply_chunk", run_id, index, _job_id=job_id)
+
+
+async def taken_by_a_worker(queue: ArqRedis, job_id: str) -> bool:
+    """Whether arq has the job in progress (on some worker, alive or not)."""
+    from arq.jobs import Job, JobStatus
+
+    return await Job(job_id, queue).status() == JobStatus.in_progress
 
 
 async def close_queue(queue: ArqRedis) -> None:

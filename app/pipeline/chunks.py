@@ -17,6 +17,16 @@ from typing import Any
 
 import orjson
 
+
+@dataclass(frozen=True)
+class Claim:
+    """A worker's claim on a split or chunk (app.worker.leases): its id, and which claim of
+    that work it is (the ledger's attempt count)."""
+
+    worker_id: str
+    attempt: int
+
+
 # A row's original data: a dict, or for a well-formed row of a CSV byte range its cells in
 # the header's order, made a dict only where one is needed (`original_dict`).
 Original = dict[str, Any] | list[str]

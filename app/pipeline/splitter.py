@@ -153,9 +153,34 @@ async def _parent_failed_rows(
         after = page[-1][0]
 
 
+class LeaseLost(Exception):
+    """The split's claim was taken over by another worker: this one stops storing chunks."""
+
+
+async def _check_claim(session: AsyncSession, run_id: int, claim: chunks.Claim | None) -> None:
+    """Inside a transaction that stores chunks: raise LeaseLost unless ``claim`` (when there
+    is one) still holds the split. The runs row stays locked until the transaction ends."""
+    if claim is None:
+        return
+    held = await session.scalar(
+        text(
+            "SELECT 1 FROM runs WHERE id = :run AND split_claimed_by = :me "
+            "AND split_attempt = :attempt FOR NO KEY UPDATE"
+        ),
+        {"run": run_id, "me": claim.worker_id, "attempt": claim.attempt},
+    )
+    if held is None:
+        raise LeaseLost(f"the split of run {run_id} was taken over by another worker")
+
+
 async def split_run(
-    factory: async_sessionmaker[AsyncSession], queue: ArqRedis, settings: Settings, run_id: int
+    factory: async_sessionmaker[AsyncSession],
+    queue: ArqRedis,
+    settings: Settings,
+    run_id: int,
+    claim: chunks.Claim | None = None,
 ) -> None:
+    """Split the run; with a ``claim``, only while it holds the split (else LeaseLost)."""
     async with unit_of_work(factory) as session:
         run = await session.get(Run, run_id, with_for_update={"key_share": True})
         if run is None or run.status in FINISHED_STATUSES or run.chunks_total is not None:
@@ -177,6 +202,7 @@ async def split_run(
         if parent_id is not None:
             parent = await session.get(Run, parent_id)
             parent_columns = list(parent.columns or []) if parent else []
+        await _check_claim(session, run_id, claim)
         reused = await _reuse_ledger(session, run, importer) if resume_from == 0 else None
 
     if reused is not None:
@@ -189,7 +215,7 @@ async def split_run(
     try:
         if kind == "retry":
             assert parent_id is not None and parent_columns is not None
-            store = _Store(factory, queue, settings.storage_dir, run_id, resume_from)
+            store = _Store(factory, queue, settings.storage_dir, run_id, resume_from, claim)
             splitter = Splitter(definition, parent_columns)
             rows = _parent_failed_rows(factory, parent_id)
             await _split(store, definition, splitter, parent_columns, rows)
@@ -199,7 +225,7 @@ async def split_run(
             path = path_for(settings.storage_dir, file_key)
             fmt, sheet = definition.format, definition.source.sheet
             with open_table(path, fmt, filename=filename, sheet=sheet) as table:
-                store = _Store(factory, queue, settings.storage_dir, run_id, resume_from)
+                store = _Store(factory, queue, settings.storage_dir, run_id, resume_from, claim)
                 splitter = Splitter(definition, table.columns)
                 if isinstance(table, CsvTable) and table.position is not None:
                     await _split_ranges(store, definition, splitter, table)
@@ -297,9 +323,10 @@ class _Store:
         storage_dir: Path,
         run_id: int,
         resume_from: int,
+        claim: chunks.Claim | None = None,
     ) -> None:
         self.factory, self.queue, self.storage_dir = factory, queue, storage_dir
-        self.run_id, self.resume_from = run_id, resume_from
+        self.run_id, self.resume_from, self.claim = run_id, resume_from, claim
         self.index = 0
         self.pending: list[dict[str, Any]] = []
         self.flushed_at = 0.0
@@ -344,6 +371,7 @@ class _Store:
             return False
         pending, self.pending = self.pending, []
         async with unit_of_work(self.factory) as session:
+            await _check_claim(session, self.run_id, self.claim)
             await session.execute(
                 text(
                     "INSERT INTO run_chunks (run_id, index, status, first_row, row_count, "
@@ -378,6 +406,7 @@ class _Store:
         if not cancelled:
             await self.flush(total, columns)
         async with unit_of_work(self.factory) as session:
+            await _check_claim(session, self.run_id, self.claim)
             await session.execute(
                 text(
                     "UPDATE runs SET chunks_total = chunks_written, total = :total, "

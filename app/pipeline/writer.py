@@ -10,6 +10,7 @@ a byte range of the run's input file: other rows are read back from that file wh
 (``originals_of``), which stays as long as the row log does (``ingest prune`` removes both).
 """
 
+import asyncio
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -27,6 +28,7 @@ from app.importers.schemas import ImporterDefinition
 from app.pipeline import lifecycle
 from app.pipeline.chunks import (
     ChunkRow,
+    Claim,
     RawRow,
     original_dict,
     payload_path,
@@ -335,28 +337,48 @@ RUN_CONTEXT = (
 )
 
 
+class LeaseLost(Exception):
+    """The chunk's claim was taken over by another worker: this one must commit nothing."""
+
+
 async def apply_chunk(
-    factory: async_sessionmaker[AsyncSession], storage_dir: Path, run_id: int, index: int
+    factory: async_sessionmaker[AsyncSession],
+    storage_dir: Path,
+    run_id: int,
+    index: int,
+    claim: Claim | None = None,
+    *,
+    hold_s: float = 0,
 ) -> None:
+    """Apply a chunk once. With a ``claim``, only while that claim still holds the chunk
+    (else LeaseLost, nothing committed). ``hold_s`` is a test hook: a sleep once the ledger
+    row is locked."""
     path = payload_path(storage_dir, run_id, index)
     async with unit_of_work(factory) as session:
         conn = await raw_connection(session)
         chunk = await conn.fetchrow(
-            f"SELECT {CHUNK_COLUMNS} FROM run_chunks c "
+            f"SELECT {CHUNK_COLUMNS}, c.claimed_by, c.attempts FROM run_chunks c "
             "WHERE c.run_id = $1 AND c.index = $2 FOR UPDATE",
             run_id,
             index,
         )
+        if hold_s:
+            await asyncio.sleep(hold_s)
         # Already applied (or dropped): a re-delivery changes nothing.
-        finished = (
-            chunk is not None
-            and chunk["status"] == "pending"
-            and await _apply_pending(session, conn, storage_dir, chunk, run_id, index)
+        pending = chunk is not None and chunk["status"] == "pending"
+        if pending and claim is not None and not _holds(chunk, claim):
+            raise LeaseLost(f"chunk {index} of run {run_id} was taken over by another worker")
+        finished = pending and await _apply_pending(
+            session, conn, storage_dir, chunk, run_id, index
         )
     # Committed: the payload is no longer needed.
     path.unlink(missing_ok=True)
     if finished:
         remove_run_payloads(storage_dir, run_id)
+
+
+def _holds(chunk: asyncpg.Record, claim: Claim) -> bool:
+    return bool(chunk["claimed_by"] == claim.worker_id and chunk["attempts"] == claim.attempt)
 
 
 async def _apply_pending(
@@ -600,20 +622,24 @@ async def fail_chunk(
     run_id: int,
     index: int,
     reason: str,
+    claim: Claim | None = None,
 ) -> None:
     """Give up on a chunk that keeps failing: its rows are failed with the reason, so the run
-    can finish and the rows can be retried."""
+    can finish and the rows can be retried. With a ``claim``, only while it holds the chunk."""
     path = payload_path(storage_dir, run_id, index)
     async with unit_of_work(factory) as session:
         conn = await raw_connection(session)
         chunk = await conn.fetchrow(
-            f"SELECT {CHUNK_COLUMNS}, r.columns, r.file_key, i.definition FROM run_chunks c "
+            f"SELECT {CHUNK_COLUMNS}, c.claimed_by, c.attempts, r.columns, r.file_key, "
+            "i.definition FROM run_chunks c "
             "JOIN runs r ON r.id = c.run_id JOIN importers i ON i.id = r.importer_id "
             "WHERE c.run_id = $1 AND c.index = $2 FOR UPDATE OF c",
             run_id,
             index,
         )
         if chunk is None or chunk["status"] != "pending":
+            return
+        if claim is not None and not _holds(chunk, claim):
             return
         definition = ImporterDefinition.model_validate(chunk["definition"])
         plan = Plan()

@@ -59,6 +59,12 @@ class Run(TimestampMixin, Base):
     chunks_written: Mapped[int] = mapped_column(default=0)
     chunks_total: Mapped[int | None]
     chunks_done: Mapped[int] = mapped_column(default=0)
+    # The split's lease (see app.worker.leases): which worker splits, until when, how often
+    # it was claimed, and the last attempt's error.
+    split_claimed_by: Mapped[str | None] = mapped_column(Text)
+    split_lease_until: Mapped[datetime | None]
+    split_attempt: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    split_last_error: Mapped[str | None] = mapped_column(Text)
 
     started_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]
@@ -84,7 +90,11 @@ class RunChunk(Base):
     byte_end: Mapped[int | None] = mapped_column(BigInteger)
     # Rows of a byte-range chunk whose key an earlier row of the run had.
     duplicate_rows: Mapped[list[int] | None] = mapped_column(ARRAY(Integer))
+    # Claims so far (see app.worker.leases); the worker holding the chunk, until when.
     attempts: Mapped[int] = mapped_column(default=0)
+    claimed_by: Mapped[str | None] = mapped_column(Text)
+    lease_until: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
     applied_at: Mapped[datetime | None]
 
@@ -130,3 +140,16 @@ class IdempotencyKey(Base):
     status_code: Mapped[int]
     response: Mapped[dict[str, Any]] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(server_default=text("now()"), index=True)
+
+
+class Worker(Base):
+    """A live (or lately live) worker process: its heartbeat and the leases it holds."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)  # host:pid:random
+    host: Mapped[str] = mapped_column(Text)
+    pid: Mapped[int]
+    started_at: Mapped[datetime]
+    last_beat: Mapped[datetime]
+    jobs: Mapped[int] = mapped_column(default=0, server_default=text("0"))

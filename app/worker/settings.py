@@ -1,6 +1,7 @@
 """arq worker construction. The worker builds its own engine and queue in ``on_startup``."""
 
 import asyncio
+import contextlib
 import gc
 import logging
 from typing import Any
@@ -10,12 +11,48 @@ from arq import Worker, cron
 import app.models  # noqa: F401  (every table, for the ORM's foreign keys)
 from app.core.config import Settings
 from app.core.db import create_engine, create_session_factory
-from app.core.queue import create_queue, deserialize, serialize
-from app.worker import reconcile, tasks
+from app.core.queue import (
+    create_queue,
+    deserialize,
+    enqueue_chunk,
+    enqueue_quietly,
+    enqueue_split,
+    serialize,
+)
+from app.worker import leases, reconcile, tasks
 
 log = logging.getLogger("ingest.worker")
 
-CHUNK_TIMEOUT_S = 300
+
+def reconcile_times(interval_s: int) -> dict[str, Any]:
+    """arq cron fields that fire every ``interval_s`` seconds (whole minutes past 60 s)."""
+    if interval_s < 60:
+        return {"second": set(range(0, 60, interval_s))}
+    return {"second": 0, "minute": set(range(0, 60, max(1, interval_s // 60)))}
+
+
+async def _heartbeat(ctx: dict[str, Any]) -> None:
+    """Renew this worker's leases and heartbeat every third of a lease, beside its jobs."""
+    settings: Settings = ctx["settings"]
+    while True:
+        await asyncio.sleep(settings.lease_seconds / 3)
+        try:
+            await leases.beat(ctx["session_factory"], ctx["worker_id"], settings.lease_seconds)
+        except Exception:
+            # Postgres away for a moment: the next beat tries again (the leases may lapse,
+            # and are then taken over, which is safe).
+            log.exception("heartbeat failed")
+
+
+async def _release(ctx: dict[str, Any]) -> None:
+    chunks, splits = await leases.release_all(ctx["session_factory"], ctx["worker_id"])
+    queue = ctx["queue"]
+    for run_id, index, attempt in chunks:
+        await enqueue_quietly(enqueue_chunk, queue, run_id, index, attempt)
+    for run_id, attempt in splits:
+        await enqueue_quietly(enqueue_split, queue, run_id, attempt)
+    if chunks or splits:
+        log.info("released %s chunks and %s splits at shutdown", len(chunks), len(splits))
 
 
 def create_worker(settings: Settings, *, burst: bool = False, **overrides: Any) -> Worker:
@@ -28,28 +65,52 @@ def create_worker(settings: Settings, *, burst: bool = False, **overrides: Any) 
         # half-applied, and a commit no longer waits for a WAL flush.
         # No pre-ping: it costs a round trip per chunk; a dropped connection fails the job,
         # which is retried.
+        # A frozen worker's open transaction must not hold its locks forever: Postgres ends
+        # it, and the chunk's lease is taken over.
+        idle_ms = max(2 * settings.lease_seconds, 10) * 1000
         engine = create_engine(
             settings.require_database_url(),
             pool_pre_ping=False,
-            connect_args={"server_settings": {"synchronous_commit": "off"}},
+            connect_args={
+                "server_settings": {
+                    "synchronous_commit": "off",
+                    "idle_in_transaction_session_timeout": str(idle_ms),
+                }
+            },
         )
         ctx["settings"] = settings
         ctx["engine"] = engine
         ctx["session_factory"] = create_session_factory(engine)
         ctx["queue"] = queue
+        ctx["worker_id"] = leases.new_worker_id()
         settings.storage_dir.mkdir(parents=True, exist_ok=True)
+        await leases.beat(ctx["session_factory"], ctx["worker_id"], settings.lease_seconds)
+        ctx["heartbeat"] = asyncio.create_task(_heartbeat(ctx))
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
-        # arq closes the Redis pool itself after this hook.
-        await ctx["engine"].dispose()
+        # Running jobs have finished (or were cancelled after the grace): give back what this
+        # worker still holds, so other workers take it at once. arq closes the Redis pool
+        # itself after this hook.
+        ctx["heartbeat"].cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ctx["heartbeat"]
+        try:
+            await _release(ctx)
+        finally:
+            await ctx["engine"].dispose()
 
     options: dict[str, Any] = {
         "functions": [
             tasks.split_run_function(settings),
-            tasks.apply_chunk_function(CHUNK_TIMEOUT_S),
+            tasks.apply_chunk_function(),
         ],
         "cron_jobs": [
-            cron(reconcile.reconcile, second=0, run_at_startup=True, unique=True),
+            cron(
+                reconcile.reconcile,
+                **reconcile_times(settings.reconcile_interval_seconds),
+                run_at_startup=True,
+                unique=True,
+            ),
             cron(tasks.schedule_tick, second=5, unique=True),
         ],
         "redis_pool": queue,
@@ -67,6 +128,8 @@ def create_worker(settings: Settings, *, burst: bool = False, **overrides: Any) 
         "retry_jobs": True,
         "max_tries": 5,
         "handle_signals": not burst,
+        # On SIGTERM: take no new job, give running ones the grace, then cancel them.
+        "job_completion_wait": settings.shutdown_grace_seconds,
     }
     options.update(overrides)
     return Worker(**options)

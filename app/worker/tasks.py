@@ -1,5 +1,6 @@
 """arq jobs. Each takes ids, reads the truth from Postgres, and is safe to run twice."""
 
+import asyncio
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -15,33 +16,64 @@ from app.core.queue import enqueue_quietly, enqueue_split
 from app.importers.models import Importer
 from app.importers.schemas import ImporterDefinition
 from app.pipeline import lifecycle, splitter, writer
+from app.pipeline.chunks import Claim
 from app.pipeline.fetch import FetchError, fetch_to_storage
 from app.runs.models import FINISHED_STATUSES, Run
 from app.runs.service import create_run
+from app.worker import leases
 
 log = logging.getLogger("ingest.worker")
 
-# After this many failed attempts a chunk's rows are failed with the error, so the run ends
-# instead of retrying forever.
-MAX_CHUNK_ATTEMPTS = 3
-MAX_SPLIT_ATTEMPTS = 3
+
+def _retry_delay(attempt: int) -> int:
+    return attempt * 2
 
 
 async def split_run(ctx: dict[str, Any], run_id: int) -> None:
+    """Claim the run's split, then fetch (URL runs) and split it. A split claimed
+    INGEST_MAX_ATTEMPTS times without finishing fails its run."""
     factory, settings = ctx["session_factory"], ctx["settings"]
-    try:
-        if not await _fetch_if_needed(factory, settings, run_id):
-            return
-        await splitter.split_run(factory, ctx["queue"], settings, run_id)
-    except Exception as exc:
-        attempt = ctx.get("job_try", 1)
-        log.exception("splitting run %s failed (attempt %s)", run_id, attempt)
-        if attempt < MAX_SPLIT_ATTEMPTS:
-            raise Retry(defer=attempt * 2) from exc
+    worker_id = ctx.setdefault("worker_id", leases.new_worker_id())
+    claimed = await leases.claim_split(factory, worker_id, settings.lease_seconds, run_id)
+    if claimed is None:
+        return  # split already, finished, or a live worker splits it
+    claim, last_error = claimed
+    if claim.attempt > settings.max_attempts:
         async with unit_of_work(factory) as session:
             await lifecycle.fail_run(
-                session, run_id, f"Reading the input failed: {type(exc).__name__}: {exc}"
+                session,
+                run_id,
+                f"Reading the input was started {settings.max_attempts} times without "
+                f"finishing (INGEST_MAX_ATTEMPTS); last error: {last_error or 'none recorded'}",
             )
+        await leases.release_split(factory, claim, run_id)
+        return
+    try:
+        if await _fetch_if_needed(factory, settings, run_id):
+            await splitter.split_run(factory, ctx["queue"], settings, run_id, claim)
+    except splitter.LeaseLost as exc:
+        log.warning("%s; this worker stops splitting it", exc)
+        return
+    except asyncio.CancelledError:
+        await leases.release_split(factory, claim, run_id, "cancelled")
+        raise
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        log.exception("splitting run %s failed (attempt %s)", run_id, claim.attempt)
+        # Given back at once, so the retry (or the reconciler) can claim it.
+        if not await leases.release_split(factory, claim, run_id, reason):
+            return  # taken over meanwhile: the new holder decides
+        if claim.attempt < settings.max_attempts:
+            raise Retry(defer=_retry_delay(claim.attempt)) from exc
+        async with unit_of_work(factory) as session:
+            await lifecycle.fail_run(
+                session,
+                run_id,
+                f"Reading the input failed {claim.attempt} times (INGEST_MAX_ATTEMPTS); "
+                f"last error: {reason}",
+            )
+        return
+    await leases.release_split(factory, claim, run_id)
 
 
 async def _fetch_if_needed(factory: Any, settings: Settings, run_id: int) -> bool:
@@ -80,34 +112,62 @@ async def _fetch_if_needed(factory: Any, settings: Settings, run_id: int) -> boo
 
 
 async def apply_chunk(ctx: dict[str, Any], run_id: int, index: int) -> None:
-    factory = ctx["session_factory"]
+    """Claim the chunk, then apply it while the claim holds. A chunk claimed
+    INGEST_MAX_ATTEMPTS times without being applied has its rows failed."""
+    factory, settings = ctx["session_factory"], ctx["settings"]
+    worker_id = ctx.setdefault("worker_id", leases.new_worker_id())
+    claimed = await leases.claim_chunk(factory, worker_id, settings.lease_seconds, run_id, index)
+    if claimed is None:
+        return  # applied, dropped, or a live worker holds it
+    claim, last_error = claimed
+    if claim.attempt > settings.max_attempts:
+        reason = (
+            f"chunk {index} was started {settings.max_attempts} times without finishing "
+            f"(INGEST_MAX_ATTEMPTS); last error: {last_error or 'none recorded'}"
+        )
+        await _give_up(ctx, run_id, index, claim, reason)
+        await leases.release_chunk(factory, claim, run_id, index)
+        return
+    if settings.test_chunk_claim_hold_seconds:
+        await asyncio.sleep(settings.test_chunk_claim_hold_seconds)
+    storage_dir, hold_s = settings.storage_dir, settings.test_chunk_hold_seconds
     try:
-        await writer.apply_chunk(factory, ctx["settings"].storage_dir, run_id, index)
+        await writer.apply_chunk(factory, storage_dir, run_id, index, claim, hold_s=hold_s)
+    except writer.LeaseLost as exc:
+        log.warning("%s; this worker's copy was rolled back", exc)
+        return
+    except asyncio.CancelledError:
+        # arq's timeout or the end of the shutdown grace: give the chunk back at once.
+        await leases.release_chunk(factory, claim, run_id, index, "cancelled")
+        raise
     except Exception as exc:
-        log.exception("applying chunk %s of run %s failed", index, run_id)
-        async with unit_of_work(factory) as session:
-            attempts = await session.scalar(
-                text(
-                    "UPDATE run_chunks SET attempts = attempts + 1 "
-                    "WHERE run_id = :run AND index = :index AND status = 'pending' "
-                    "RETURNING attempts"
-                ),
-                {"run": run_id, "index": index},
-            )
-        if attempts is None:
-            return
-        if attempts < MAX_CHUNK_ATTEMPTS:
-            raise Retry(defer=attempts * 2) from exc
         reason = f"{type(exc).__name__}: {exc}"
-        try:
-            await writer.fail_chunk(factory, ctx["settings"].storage_dir, run_id, index, reason)
-        except Exception:
-            # Even failing the chunk's rows failed: end the run rather than retry forever.
-            log.exception("failing chunk %s of run %s failed", index, run_id)
-            async with unit_of_work(factory) as session:
-                await lifecycle.fail_run(
-                    session, run_id, f"Chunk {index} could not be applied: {reason}"
-                )
+        log.exception(
+            "applying chunk %s of run %s failed (attempt %s)", index, run_id, claim.attempt
+        )
+        if claim.attempt >= settings.max_attempts:
+            reason = f"chunk {index} failed {claim.attempt} times; last error: {reason}"
+            await _give_up(ctx, run_id, index, claim, reason)
+            await leases.release_chunk(factory, claim, run_id, index)
+            return
+        # Given back at once, so the retry (or the reconciler) can claim it.
+        if await leases.release_chunk(factory, claim, run_id, index, reason):
+            raise Retry(defer=_retry_delay(claim.attempt)) from exc
+        return  # taken over meanwhile: the new holder goes on
+    await leases.release_chunk(factory, claim, run_id, index)
+
+
+async def _give_up(ctx: dict[str, Any], run_id: int, index: int, claim: Claim, reason: str) -> None:
+    factory, storage_dir = ctx["session_factory"], ctx["settings"].storage_dir
+    try:
+        await writer.fail_chunk(factory, storage_dir, run_id, index, reason, claim)
+    except Exception:
+        # Even failing the chunk's rows failed: end the run rather than retry forever.
+        log.exception("failing chunk %s of run %s failed", index, run_id)
+        async with unit_of_work(factory) as session:
+            await lifecycle.fail_run(
+                session, run_id, f"Chunk {index} could not be applied: {reason}"
+            )
 
 
 async def schedule_tick(ctx: dict[str, Any]) -> None:
@@ -154,9 +214,16 @@ async def _source_paused(session: Any, importer: Importer) -> bool:
     return bool(status == "paused")
 
 
+# arq's timeouts no longer matter for recovery (a dead attempt's work is enqueued again under
+# a new job id once its lease expires), but the largest one is also how long arq keeps a killed
+# job "in progress": an hour for a split (a 10 GB file), two minutes for a chunk.
+SPLIT_TIMEOUT_S = 3600
+CHUNK_TIMEOUT_S = 120
+
+
 def split_run_function(settings: Settings) -> Function:
-    return func(split_run, name="split_run", timeout=settings.run_timeout_minutes * 60)
+    return func(split_run, name="split_run", timeout=SPLIT_TIMEOUT_S)
 
 
-def apply_chunk_function(timeout_s: int) -> Function:
+def apply_chunk_function(timeout_s: int = CHUNK_TIMEOUT_S) -> Function:
     return func(apply_chunk, name="apply_chunk", timeout=timeout_s)

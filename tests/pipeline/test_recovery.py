@@ -3,8 +3,6 @@
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -16,8 +14,7 @@ from app.core.config import Settings
 from app.pipeline import writer
 from tests.conftest import CreateImporter, RunWorker, Upload
 from tests.pipeline.test_pipeline import USER_FIELDS, records, run_of
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.worker.processes import start_worker, wait_for, workers
 
 
 def users_csv(count: int, start: int = 0) -> str:
@@ -154,38 +151,27 @@ async def test_a_worker_killed_mid_run_loses_no_row_and_doubles_no_count(
     await create_importer(key=["email"], fields=USER_FIELDS, chunk_size=200)
     total = 30_000
     run_id = (await upload("users", users_csv(total))).json()["data"]["id"]
-    env = {
-        **os.environ,
-        "INGEST_DATABASE_URL": settings.require_database_url(),
-        "INGEST_REDIS_URL": settings.require_redis_url(),
-        "INGEST_QUEUE_NAME": settings.queue_name,
-        "INGEST_STORAGE_DIR": str(settings.storage_dir),
-        "INGEST_LOG_LEVEL": "WARNING",
-    }
-    proc = subprocess.Popen(  # noqa: ASYNC220 - a real worker process, to SIGKILL it
-        [sys.executable, "-m", "app.cli", "worker"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    with workers() as procs:
+        procs.append(start_worker(settings))  # leases of 2 s (tests.worker.processes.FAST)
         for _ in range(600):  # until some chunks are applied, but not all
             await asyncio.sleep(0.05)
             progress = await run_of(session_factory, run_id)
             if progress["progress"]["processed"] > 0:
                 break
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(10)
-    mid = await run_of(session_factory, run_id)
-    assert mid["status"] == "processing", "the worker finished before it could be killed"
-    assert 0 < mid["progress"]["processed"] < total
+        os.kill(procs[0].pid, signal.SIGKILL)
+        procs[0].wait(10)
+        mid = await run_of(session_factory, run_id)
+        assert mid["status"] == "processing", "the worker finished before it could be killed"
+        assert 0 < mid["progress"]["processed"] < total
 
-    # The killed worker's jobs stay "in progress" until arq's lock expires; expire it now.
-    for key in await queue.keys("arq:in-progress:*"):
-        await queue.delete(key)
-    await run_worker()
+        # The dead worker's jobs stay "in progress" in arq for minutes: its chunks are taken
+        # over once their leases expire, under new job ids.
+        procs.append(start_worker(settings))
+
+        async def finished() -> bool:
+            return (await run_of(session_factory, run_id))["status"] != "processing"
+
+        await wait_for(finished, "the run to finish", deadline_s=60)
 
     run = await run_of(session_factory, run_id)
     assert run["status"] == "completed"
@@ -218,7 +204,7 @@ async def test_a_chunk_that_keeps_failing_fails_its_rows_and_the_run_ends(
     from arq import Retry
 
     from app.pipeline.chunks import payload_path
-    from app.worker.tasks import MAX_CHUNK_ATTEMPTS, apply_chunk
+    from app.worker.tasks import apply_chunk
 
     await create_importer(key=["email"], fields=USER_FIELDS, chunk_size=10)
     if chunk_kind == "byte range":  # CSV
@@ -243,7 +229,7 @@ async def test_a_chunk_that_keeps_failing_fails_its_rows_and_the_run_ends(
         payload_path(settings.storage_dir, run_id, 1).write_bytes(b"not json")
     ctx = {"session_factory": session_factory, "settings": settings, "queue": queue}
     await apply_chunk(ctx, run_id, 0)
-    for _ in range(MAX_CHUNK_ATTEMPTS - 1):
+    for _ in range(settings.max_attempts - 1):
         with pytest.raises(Retry):
             await apply_chunk(ctx, run_id, 1)
     await apply_chunk(ctx, run_id, 1)  # the last attempt gives up on the chunk
