@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from app.auth.permissions import ABILITIES, ROLES
+from app.core.schemas import Int4Id, RequestBody
 
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
 
@@ -16,7 +17,7 @@ def looks_like_email(value: str) -> bool:
     return _EMAIL_RE.match(value) is not None
 
 
-class TokenCreate(BaseModel):
+class TokenCreate(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
     name: Annotated[str, Field(min_length=1, max_length=200)]
@@ -27,7 +28,7 @@ class TokenCreate(BaseModel):
     role: str | None = Field(
         None, description=f"Role of a new user ({', '.join(ROLES)}); needs user_email."
     )
-    source_id: int | None = Field(None, description="Bind the token to this source.")
+    source_id: Int4Id | None = Field(None, description="Bind the token to this source.")
     expires_in_days: int | None = Field(None, ge=1, le=3650)
     expires_at: datetime | None = None
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from app.core.schemas import Int4, Int4Id, RequestBody
 from app.core.url_secrets import mask_url
 
 FieldType = Literal[
@@ -17,7 +18,7 @@ Format = Literal["csv", "xlsx", "json", "ndjson", "auto"]
 SLUG_RE = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
 
 
-class Strict(BaseModel):
+class Strict(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -28,8 +29,8 @@ class FieldSpec(Strict):
     required: bool = False
     min: float | None = None
     max: float | None = None
-    min_length: int | None = Field(None, ge=0)
-    max_length: int | None = Field(None, ge=0)
+    min_length: Int4 | None = Field(None, ge=0)
+    max_length: Int4 | None = Field(None, ge=0)
     pattern: str | None = None
     in_: list[Any] | None = Field(None, alias="in")
     default: Any = None
@@ -115,7 +116,7 @@ class ImporterDefinition(Strict):
     description: str | None = None
     format: Format = "auto"
     source: SourceSpec = Field(default_factory=SourceSpec)
-    source_id: int | None = None
+    source_id: Int4Id | None = None
     collection: Annotated[str, Field(min_length=1, max_length=100)]
     key: list[str] = Field(default_factory=list)
     on_duplicate: Literal["skip", "update", "fail", "update_if_newer"] = "update"

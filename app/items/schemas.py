@@ -4,6 +4,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.core.schemas import RequestBody
+
 ITEM_STATUSES = (
     "submitted",
     "processing",
@@ -26,7 +28,7 @@ class PushOut(BaseModel):
     run_id: int
 
 
-class _Action(BaseModel):
+class _Action(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
     note: Note = Field(None, description="Shown in the item's history.")

@@ -19,7 +19,7 @@ from app.core.pagination import One, Page, PageParams, page_params, paginate
 from app.core.params import RunId
 from app.core.queue import enqueue_quietly, enqueue_split
 from app.runs import service
-from app.runs.schemas import RowOut, RunListItemOut, RunOut
+from app.runs.schemas import RetryIn, RowOut, RunListItemOut, RunOut
 
 router = APIRouter(tags=["runs"], responses=error_responses(401, 403))
 
@@ -28,10 +28,6 @@ RunStatus = Literal[
 ]
 RowStatus = Literal["success", "failed", "skipped"]
 RunSort = Literal["id", "created_at", "status", "completed_at"]
-
-
-class RetryIn(BaseModel):
-    dry_run: bool = False
 
 
 class MessageOut(BaseModel):

@@ -4,6 +4,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from app.core.schemas import RequestBody
+
 
 class Progress(BaseModel):
     total: int
@@ -46,5 +48,9 @@ class RunOut(RunListItemOut):
     rows: list[RowOut]
 
 
-class TriggerIn(BaseModel):
+class TriggerIn(RequestBody):
+    dry_run: bool = False
+
+
+class RetryIn(RequestBody):
     dry_run: bool = False

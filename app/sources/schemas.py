@@ -5,6 +5,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.auth.schemas import TokenCreated
+from app.core.schemas import RequestBody
 from app.runs.schemas import RunOut
 from app.sources.urls import canonical_url
 
@@ -30,7 +31,7 @@ def _stripped(value: str | None) -> str | None:
     return value or None
 
 
-class _SourceFields(BaseModel):
+class _SourceFields(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
     provider: Annotated[str | None, Field(max_length=100)] = None
@@ -110,7 +111,7 @@ class SyncOut(BaseModel):
     runs: list[RunOut]
 
 
-class SourceTokenCreate(BaseModel):
+class SourceTokenCreate(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
     name: Annotated[str | None, Field(min_length=1, max_length=200)] = Field(
