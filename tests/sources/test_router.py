@@ -433,7 +433,7 @@ async def test_sync_starts_a_run_for_every_url_importer_of_the_source(
     assert data["source"]["last_sync_started_at"] is not None
     ids = ", ".join(str(r["id"]) for r in runs)
     assert data["source"]["last_sync_message"] == f"Sync started: run(s) {ids}."
-    assert await queued_jobs(queue, settings) == {f"split:{r['id']}" for r in runs}
+    assert await queued_jobs(queue, settings) == {f"split:{r['id']}:0" for r in runs}
 
     again = await client.post(f"{PREFIX}/sources/{source['id']}/sync", headers=admin_headers)
     assert again.status_code == 409
