@@ -8,7 +8,6 @@ run's counters are exact and every row was logged once.
 
 import argparse
 import asyncio
-import os
 import shutil
 import signal
 import tempfile
@@ -25,13 +24,13 @@ from bench.run import (
     ALL,
     FINISHED,
     PREFIX,
-    QUEUE,
     PeakRss,
     Processes,
     definition,
     free_port,
     issue_token,
     prepare_database,
+    process_env,
     servers,
     settle,
 )
@@ -91,17 +90,7 @@ def main() -> None:
         server_url, redis_url = servers()
         db_url, version, _ = asyncio.run(prepare_database(server_url, redis_url))
         token = asyncio.run(issue_token(db_url))
-        env = {
-            **os.environ,
-            "INGEST_DATABASE_URL": db_url,
-            "INGEST_REDIS_URL": redis_url,
-            "INGEST_QUEUE_NAME": QUEUE,
-            "INGEST_STORAGE_DIR": storage,
-            "INGEST_LOG_LEVEL": "WARNING",
-            "INGEST_MAX_UPLOAD_MB": "4096",
-            "INGEST_LEASE_SECONDS": str(args.lease),
-        }
-        env.pop("INGEST_IMPORTERS_DIR", None)
+        env = process_env(db_url, redis_url, storage, INGEST_LEASE_SECONDS=str(args.lease))
         procs = Processes(env, urlparse(redis_url).port or 6379, sampler)
         base = procs.start_api(free_port())
         headers = {"Authorization": f"Bearer {token}"}

@@ -199,6 +199,22 @@ async def copy_baseline(url: str, path: Path) -> dict[str, Any]:
 # --- processes and memory -------------------------------------------------------------------
 
 
+def process_env(db_url: str, redis_url: str, storage: str, **extra: str) -> dict[str, str]:
+    """The environment of the API and worker processes a benchmark starts."""
+    env = {
+        **os.environ,
+        "INGEST_DATABASE_URL": db_url,
+        "INGEST_REDIS_URL": redis_url,
+        "INGEST_QUEUE_NAME": QUEUE,
+        "INGEST_STORAGE_DIR": storage,
+        "INGEST_LOG_LEVEL": "WARNING",
+        "INGEST_MAX_UPLOAD_MB": "4096",
+        **extra,
+    }
+    env.pop("INGEST_IMPORTERS_DIR", None)
+    return env
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -596,16 +612,7 @@ def main() -> None:
         copy = asyncio.run(copy_baseline(db_url, files["big"]))
         print(f"  COPY baseline: {copy['rows'] / copy['seconds']:,.0f} rows/s", flush=True)
 
-        env = {
-            **os.environ,
-            "INGEST_DATABASE_URL": db_url,
-            "INGEST_REDIS_URL": redis_url,
-            "INGEST_QUEUE_NAME": QUEUE,
-            "INGEST_STORAGE_DIR": storage,
-            "INGEST_LOG_LEVEL": "WARNING",
-            "INGEST_MAX_UPLOAD_MB": "4096",
-        }
-        env.pop("INGEST_IMPORTERS_DIR", None)
+        env = process_env(db_url, redis_url, storage)
         procs = Processes(env, urlparse(redis_url).port or 6379, sampler)
         if server_pid is not None:
             sampler.watch("postgres", [server_pid])
