@@ -42,10 +42,14 @@ class Settings(BaseSettings):
     max_attempts: int = Field(5, ge=1)
     # On SIGTERM a worker takes no new job and gives running ones this long to finish.
     shutdown_grace_seconds: int = Field(30, ge=0)
+    # A split saves where it stands this often, so that a successor goes on from there.
+    split_checkpoint_seconds: float = Field(5.0, ge=0)
     # For tests only: a chunk job sleeps this long after claiming its chunk
     # (`claim_hold`), or inside its transaction once the ledger row is locked (`hold`).
     test_chunk_claim_hold_seconds: float = Field(0, ge=0)
     test_chunk_hold_seconds: float = Field(0, ge=0)
+    # For tests only: a split sleeps this long after each batch of chunks it stores.
+    test_split_hold_seconds: float = Field(0, ge=0)
 
     near_duplicate_threshold: float = Field(0.6, ge=0, le=1)
     idempotency_ttl_hours: int = Field(24, ge=1)

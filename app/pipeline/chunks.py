@@ -73,10 +73,14 @@ def payload_path(storage_dir: Path, run_id: int, index: int) -> Path:
 
 
 def write_payload(path: Path, rows: list[RawRow]) -> None:
-    """Write atomically: a reader never sees half a payload."""
+    write_atomically(path, encode(rows))
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """A reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(encode(rows))
+    tmp.write_bytes(data)
     os.replace(tmp, path)
 
 

@@ -14,11 +14,16 @@ definition) is not read here: that run's chunk ledger is copied.
 
 import asyncio
 import logging
+import secrets
 import time
+from array import array
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+import polars as pl
 from arq import ArqRedis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -31,6 +36,7 @@ from app.importers.models import Importer
 from app.importers.schemas import ImporterDefinition
 from app.pipeline import chunks, lifecycle
 from app.pipeline.mapping import MissingColumns, plan_columns
+from app.pipeline.prepare import definition_salt
 from app.pipeline.readers import ReadError, open_table
 from app.pipeline.readers.csv_reader import CsvTable
 from app.pipeline.validation import RowValidator
@@ -46,16 +52,19 @@ _COUNT_BATCH = 10_000
 class _SeenExactly:
     """The keys met so far, as 64-bit hashes: what `skip` and `fail` act on."""
 
-    def __init__(self) -> None:
-        self._seen: set[int] = set()
+    def __init__(self, state: bytes = b"") -> None:
+        self._seen: set[int] = set(array("Q", state))
 
-    def add_all(self, keys: list[str]) -> list[bool]:
-        """Remember `keys`; per key, whether it was met before."""
+    def add_all(self, digests: list[int]) -> list[bool]:
+        """Remember the keys' `digests`; per key, whether it was met before."""
         seen, met = self._seen, []
-        for digest in map(hash, keys):
+        for digest in digests:
             met.append(digest in seen)
             seen.add(digest)
         return met
+
+    def state(self) -> bytes:
+        return array("Q", self._seen).tobytes()
 
 
 class _SeenProbably:
@@ -65,17 +74,90 @@ class _SeenProbably:
 
     MASK = (1 << 27) - 1
 
-    def __init__(self) -> None:
-        self._bits = bytearray((self.MASK + 1) >> 3)
+    def __init__(self, state: bytes = b"") -> None:
+        self._bits = bytearray(state or (self.MASK + 1) >> 3)
 
-    def add_all(self, keys: list[str]) -> list[bool]:
+    def add_all(self, digests: list[int]) -> list[bool]:
         bits, mask, met = self._bits, self.MASK, []
-        for slot in map(hash, keys):
+        for slot in digests:
             slot &= mask
             byte, bit = slot >> 3, 1 << (slot & 7)
             met.append(bool(bits[byte] & bit))
             bits[byte] |= bit
         return met
+
+    def state(self) -> bytes:
+        return bytes(self._bits)
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a split stands right after storing a chunk: what its successor goes on from."""
+
+    index: int  # the chunks stored so far: the next chunk's index
+    offset: int  # a CSV file: the byte offset where the next chunk starts; a retry: the last
+    # row number read
+    first: int  # a CSV file: the next row's number
+    total: int  # the rows read so far
+    lines: int  # a CSV file: its lines read so far (errors name lines of the whole file)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    at: Position
+    seed: int  # of the key hashes in `seen`
+    seen: bytes  # the keys met so far (`Splitter.state`)
+
+
+def checkpoint_path(storage_dir: Path, run_id: int) -> Path:
+    return chunks.run_dir(storage_dir, run_id) / "split.state"
+
+
+def _stamp(definition: ImporterDefinition) -> str:
+    # A checkpoint holds for the definition it was taken under and the hash function of
+    # the polars release that hashed its keys.
+    return f"{definition_salt(definition).hex()}/{pl.__version__}"
+
+
+def load_checkpoint(path: Path, definition: ImporterDefinition, stored: int) -> Checkpoint | None:
+    """The checkpoint an earlier attempt of the split saved, unless it does not hold (another
+    definition, another polars) or is past the `stored` chunks the ledger has."""
+    try:
+        head, _, seen = path.read_bytes().partition(b"\n")
+    except FileNotFoundError:
+        return None
+    fields = orjson.loads(head)
+    if fields.pop("stamp") != _stamp(definition):
+        return None
+    seed = fields.pop("seed")
+    at = Position(**fields)
+    return Checkpoint(at, seed, seen) if at.index <= stored else None
+
+
+class _Checkpoints:
+    """Saves where the split stands (`Position`, and the keys met so far) in the run's storage,
+    every `every_s` seconds at most, right after a flush, so that the worker that takes over
+    a killed split goes on from there rather than reading the input again."""
+
+    def __init__(
+        self, path: Path, definition: ImporterDefinition, splitter: "Splitter", every_s: float
+    ) -> None:
+        self.path, self.stamp, self.splitter, self.every_s = (
+            path,
+            _stamp(definition),
+            splitter,
+            every_s,
+        )
+        self.saved_at = time.monotonic()
+
+    def due(self, store: "_Store") -> bool:
+        caught_up = not store.pending and store.stored == store.index
+        return caught_up and time.monotonic() - self.saved_at >= self.every_s
+
+    def save(self, at: Position) -> None:
+        head = orjson.dumps({"stamp": self.stamp, "seed": self.splitter.seed, **asdict(at)})
+        chunks.write_atomically(self.path, head + b"\n" + self.splitter.state())
+        self.saved_at = time.monotonic()
 
 
 class Splitter:
@@ -87,18 +169,31 @@ class Splitter:
     it, so that an earlier row of the run, applied after it in another chunk, cannot win.
     """
 
-    def __init__(self, definition: ImporterDefinition, columns: list[str]):
+    def __init__(
+        self,
+        definition: ImporterDefinition,
+        columns: list[str],
+        saved: "Checkpoint | None" = None,
+    ):
         plan = plan_columns(definition, columns)  # a missing key column fails the run now
         self.columns = columns
         self.key_validator: RowValidator | None = None
         self.seen: _SeenExactly | _SeenProbably | None = None
+        # Keys are remembered as seeded hashes, the same in every process (unlike `hash`),
+        # so that a checkpoint of them holds in the worker that goes on from it.
+        self.seed = secrets.randbits(63) if saved is None else saved.seed
         if definition.action != "append":
             key_fields = {name: definition.fields[name] for name in definition.key}
             self.key_validator = RowValidator(
                 definition.model_copy(update={"fields": key_fields}), plan
             )
             exact = definition.on_duplicate in ("skip", "fail")
-            self.seen = _SeenExactly() if exact else _SeenProbably()
+            state = b"" if saved is None else saved.seen
+            self.seen = _SeenExactly(state) if exact else _SeenProbably(state)
+
+    def state(self) -> bytes:
+        """The keys met so far, as a checkpoint keeps them."""
+        return b"" if self.seen is None else self.seen.state()
 
     def duplicates(self, originals: list[chunks.Original | None]) -> list[bool]:
         """Per row (None for one that cannot be read), whether an earlier row had its key."""
@@ -120,7 +215,8 @@ class Splitter:
 
     def _mark(self, rows: list[Any], keys: list[str | None]) -> list[bool]:
         assert self.seen is not None
-        met = iter(self.seen.add_all([key for key in keys if key is not None]))
+        present_keys = pl.Series([key for key in keys if key is not None], dtype=pl.String)
+        met = iter(self.seen.add_all(present_keys.hash(self.seed).to_list()))
         present = iter(keys)
         return [row is not None and next(present) is not None and next(met) for row in rows]
 
@@ -131,10 +227,9 @@ def _numbered(rows: Iterator[tuple[dict[str, Any], str | None]]) -> Iterator[Inp
 
 
 async def _parent_failed_rows(
-    factory: async_sessionmaker[AsyncSession], parent_id: int
+    factory: async_sessionmaker[AsyncSession], parent_id: int, after: int = 0
 ) -> AsyncIterator[InputRow]:
-    """The failed rows of the parent run, in row order, read in keyset pages."""
-    after = 0
+    """The failed rows of the parent run after row `after`, in row order, in keyset pages."""
     while True:
         async with factory() as session:
             page = (
@@ -212,24 +307,42 @@ async def split_run(
         async with unit_of_work(factory) as session:
             await lifecycle.maybe_finalize(session, run_id, definition)
         return
+    state_path = checkpoint_path(settings.storage_dir, run_id)
+    saved = load_checkpoint(state_path, definition, resume_from) if resume_from else None
+
+    def store_and_checkpoints(splitter: Splitter) -> tuple[_Store, _Checkpoints]:
+        start = 0 if saved is None else saved.at.index
+        store = _Store(factory, queue, settings, run_id, resume_from, claim, start)
+        every_s = settings.split_checkpoint_seconds
+        return store, _Checkpoints(state_path, definition, splitter, every_s)
+
     try:
         if kind == "retry":
             assert parent_id is not None and parent_columns is not None
-            store = _Store(factory, queue, settings.storage_dir, run_id, resume_from, claim)
-            splitter = Splitter(definition, parent_columns)
-            rows = _parent_failed_rows(factory, parent_id)
-            await _split(store, definition, splitter, parent_columns, rows)
+            splitter = Splitter(definition, parent_columns, saved)
+            store, checkpoints = store_and_checkpoints(splitter)
+            _log_resume(run_id, resume_from, saved)
+            after = 0 if saved is None else saved.at.offset
+            rows = _parent_failed_rows(factory, parent_id, after)
+            await _split(store, definition, splitter, parent_columns, rows, checkpoints, saved)
         else:
             if file_key is None:
                 raise ReadError("The run has no input file.")
             path = path_for(settings.storage_dir, file_key)
             fmt, sheet = definition.format, definition.source.sheet
             with open_table(path, fmt, filename=filename, sheet=sheet) as table:
-                store = _Store(factory, queue, settings.storage_dir, run_id, resume_from, claim)
-                splitter = Splitter(definition, table.columns)
                 if isinstance(table, CsvTable) and table.position is not None:
-                    await _split_ranges(store, definition, splitter, table)
+                    splitter = Splitter(definition, table.columns, saved)
+                    store, checkpoints = store_and_checkpoints(splitter)
+                    _log_resume(run_id, resume_from, saved)
+                    if saved is not None:
+                        table.seek(saved.at.offset, saved.at.lines)
+                    await _split_ranges(store, definition, splitter, table, checkpoints, saved)
                 else:
+                    # Rows parsed from the start (XLSX, JSON): chunks stored are passed over.
+                    splitter = Splitter(definition, table.columns)
+                    store = _Store(factory, queue, settings, run_id, resume_from, claim)
+                    _log_resume(run_id, resume_from, None)
                     rows = _aiter(_numbered(table.rows()))
                     await _split(store, definition, splitter, table.columns, rows)
     except (ReadError, MissingColumns) as exc:
@@ -238,6 +351,23 @@ async def split_run(
     except FileNotFoundError:
         async with unit_of_work(factory) as session:
             await lifecycle.fail_run(session, run_id, "The run's input file is missing.")
+
+
+def _log_resume(run_id: int, stored: int, saved: Checkpoint | None) -> None:
+    if not stored:
+        return
+    if saved is None:
+        log.info("run %s: the split reads its input again, passing over %s chunks", run_id, stored)
+        return
+    at = saved.at
+    log.info(
+        "run %s: the split goes on from chunk %s (%s rows read, offset %s), %s chunks stored",
+        run_id,
+        at.index,
+        at.total,
+        at.offset,
+        stored,
+    )
 
 
 # An earlier run of the importer whose input was the same file, split under the importer's
@@ -311,7 +441,8 @@ class _Store:
     transaction, then their apply jobs. Chunks are stored in batches, so that the splitter,
     which shares its worker with chunk jobs, yields to them rarely: the first chunk at once
     (work starts early), then every FLUSH_CHUNKS chunks or FLUSH_SECONDS. Chunks an earlier
-    attempt stored are passed over."""
+    attempt stored are passed over; a split that goes on from a checkpoint starts at its
+    chunk (`start`)."""
 
     FLUSH_CHUNKS = 16
     FLUSH_SECONDS = 0.05
@@ -320,14 +451,16 @@ class _Store:
         self,
         factory: async_sessionmaker[AsyncSession],
         queue: ArqRedis,
-        storage_dir: Path,
+        settings: Settings,
         run_id: int,
         resume_from: int,
         claim: chunks.Claim | None = None,
+        start: int = 0,
     ) -> None:
-        self.factory, self.queue, self.storage_dir = factory, queue, storage_dir
+        self.factory, self.queue, self.storage_dir = factory, queue, settings.storage_dir
         self.run_id, self.resume_from, self.claim = run_id, resume_from, claim
-        self.index = 0
+        self.hold_s = settings.test_split_hold_seconds
+        self.index = self.stored = start  # the next chunk's index; the chunks stored
         self.pending: list[dict[str, Any]] = []
         self.flushed_at = 0.0
 
@@ -369,6 +502,8 @@ class _Store:
         """Store the pending chunks; True when the run was cancelled."""
         if not self.pending:
             return False
+        if self.hold_s:
+            await asyncio.sleep(self.hold_s)
         pending, self.pending = self.pending, []
         async with unit_of_work(self.factory) as session:
             await _check_claim(session, self.run_id, self.claim)
@@ -394,6 +529,7 @@ class _Store:
                     "columns": json_dumps(columns),
                 },
             )
+        self.stored = pending[-1]["index"] + 1
         await asyncio.gather(
             *(enqueue_quietly(enqueue_chunk, self.queue, self.run_id, c["index"]) for c in pending)
         )
@@ -424,11 +560,14 @@ async def _split(
     splitter: Splitter,
     columns: list[str],
     rows: AsyncIterator[InputRow],
+    checkpoints: _Checkpoints | None = None,
+    saved: Checkpoint | None = None,
 ) -> None:
-    """Rows into payload chunks. `columns` may grow while rows are read (JSON objects)."""
+    """Rows into payload chunks. `columns` may grow while rows are read (JSON objects). With
+    `checkpoints`, rows come in row-number order, which is what a checkpoint goes on from."""
     size = definition.chunk_size
     batch: list[chunks.RawRow] = []
-    total = 0
+    total = 0 if saved is None else saved.at.total
     cancelled = False
 
     def marked(batch: list[chunks.RawRow]) -> list[chunks.RawRow]:
@@ -445,6 +584,8 @@ async def _split(
         if len(batch) >= size:
             batch = marked(batch)
             cancelled = await store.chunk(batch[0][0], len(batch), total, columns, rows=batch)
+            if checkpoints is not None and checkpoints.due(store):
+                checkpoints.save(Position(store.index, batch[-1][0], 0, total, 0))
             batch = []
             if cancelled:
                 break
@@ -458,13 +599,19 @@ async def _split(
 
 
 async def _split_ranges(
-    store: _Store, definition: ImporterDefinition, splitter: Splitter, table: CsvTable
+    store: _Store,
+    definition: ImporterDefinition,
+    splitter: Splitter,
+    table: CsvTable,
+    checkpoints: _Checkpoints,
+    saved: Checkpoint | None = None,
 ) -> None:
-    """A CSV file into byte-range chunks, with the rows of each that repeat a key."""
+    """A CSV file into byte-range chunks, with the rows of each that repeat a key; from the
+    checkpoint `saved`, where the table was moved to, when there is one."""
     size, columns, width = definition.chunk_size, table.columns, len(table.columns)
     start = table.position
     assert start is not None
-    first, total, end = 1, 0, start
+    first, total, end = (1, 0, start) if saved is None else (saved.at.first, saved.at.total, start)
     keyed: list[list[str] | None] = []  # the chunk's rows (None for a ragged one)
     cancelled = False
 
@@ -484,6 +631,8 @@ async def _split_ranges(
         if len(keyed) >= size:
             cancelled = await store_chunk()
             first, start, keyed = first + len(keyed), end, []
+            if checkpoints.due(store):
+                checkpoints.save(Position(store.index, end, first, total, table.lines_read))
             if cancelled:
                 break
     if cancelled:

@@ -5,6 +5,7 @@ import os
 import signal
 from typing import Any
 
+import polars as pl
 import pytest
 from arq import ArqRedis
 from sqlalchemy import text
@@ -303,9 +304,19 @@ def test_the_memory_of_keys_never_forgets_one() -> None:
     from app.pipeline.splitter import _SeenProbably
 
     seen = _SeenProbably()
-    keys = [f"user{i}@example.com" for i in range(20_000)]
-    assert sum(seen.add_all(keys)) < 20  # a few collisions at most
-    assert all(seen.add_all(keys))
+    digests = pl.Series([f"user{i}@example.com" for i in range(20_000)]).hash(7).to_list()
+    assert sum(seen.add_all(digests)) < 20  # a few collisions at most
+    assert all(seen.add_all(digests))
+    assert all(_SeenProbably(seen.state()).add_all(digests))  # and a checkpoint of it neither
+
+
+def test_a_checkpoint_of_exact_keys_holds_every_key_and_no_other() -> None:
+    from app.pipeline.splitter import _SeenExactly
+
+    seen = _SeenExactly()
+    assert seen.add_all([1, 2, 2**64 - 1]) == [False, False, False]
+    restored = _SeenExactly(seen.state())
+    assert restored.add_all([2**64 - 1, 3, 1, 2]) == [True, False, True, True]
 
 
 async def test_the_later_row_of_a_key_wins_over_an_earlier_one_committed_while_it_was_planned(

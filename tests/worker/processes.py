@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
@@ -20,25 +21,29 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 FAST = {"INGEST_LEASE_SECONDS": "2", "INGEST_RECONCILE_INTERVAL_SECONDS": "1"}
 
 
-def start_worker(settings: Settings, **env: str) -> subprocess.Popen[bytes]:
-    """``ingest worker`` in its own process, on the tests' database, Redis and storage."""
+def start_worker(
+    settings: Settings, log: Path | None = None, **env: str
+) -> subprocess.Popen[bytes]:
+    """``ingest worker`` in its own process, on the tests' database, Redis and storage; with
+    `log`, its log at INFO goes to that file."""
     environ = {
         **os.environ,
         "INGEST_DATABASE_URL": settings.require_database_url(),
         "INGEST_REDIS_URL": settings.require_redis_url(),
         "INGEST_QUEUE_NAME": settings.queue_name,
         "INGEST_STORAGE_DIR": str(settings.storage_dir),
-        "INGEST_LOG_LEVEL": "WARNING",
+        "INGEST_LOG_LEVEL": "WARNING" if log is None else "INFO",
         **FAST,
         **env,
     }
-    return subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "worker"],
-        env=environ,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with open(log or os.devnull, "wb") as output:
+        return subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker"],
+            env=environ,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=output,
+        )
 
 
 @contextmanager

@@ -1,11 +1,14 @@
 """Crash-safe workers: chunks and splits are leased in the ledger, so work a dead, frozen or
 stopped worker held is taken over by another, exactly once, without touching arq's keys."""
 
+import asyncio
 import base64
 import os
+import re
 import secrets
 import signal
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.core.config import Settings
 from app.pipeline import writer
 from app.worker import leases
-from tests.conftest import CreateImporter, Upload
+from tests.conftest import CreateImporter, RunWorker, Upload
 from tests.factories import USER_FIELDS
 from tests.pipeline.test_pipeline import records, run_of, session_execute
 from tests.worker.processes import fetch, start_worker, wait_exit, wait_for, worker_id_of, workers
@@ -208,6 +211,123 @@ async def test_a_run_survives_a_flushed_redis_and_then_a_killed_worker(
         await wait_for(lambda: finished(session_factory, run_id), "the run to finish")
 
     await assert_applied_exactly_once(session_factory, run_id)
+
+
+def repeating_csv() -> str:
+    """400 rows: 300 keys, then 100 rows repeating the first 100 of them (each other)."""
+    lines = ["Email,Name,Age"]
+    lines += [f"user{i}@example.com,User {i},{i % 100}" for i in range(300)]
+    lines += [f"user{i}@example.com,Again {i},{i % 100}" for i in range(100)]
+    return "\n".join(lines) + "\n"
+
+
+async def chunks_written(factory: Factory, run_id: int, more_than: int = -1) -> int | None:
+    """The chunks the run's split stored, once more than `more_than`."""
+    rows = await fetch(factory, "SELECT chunks_written FROM runs WHERE id = :id", id=run_id)
+    return int(rows[0][0]) if rows[0][0] > more_than else None
+
+
+async def kill_the_splitter_midway(
+    settings: Settings, factory: Factory, run_id: int, log: Path
+) -> tuple[int, int]:
+    """Split the run (40 chunks) slowly on one worker, SIGKILL it midway, and let another,
+    logging to `log`, finish the run. The chunk and the rows read it said it went on from."""
+    with workers() as procs:
+        # The first worker splits slowly, saving where it stands after every flush.
+        procs.append(
+            start_worker(
+                settings,
+                INGEST_WORKER_MAX_JOBS="1",
+                INGEST_TEST_SPLIT_HOLD_SECONDS="0.2",
+                INGEST_SPLIT_CHECKPOINT_SECONDS="0",
+            )
+        )
+        # Stored in batches of 16 (after the first chunk): 1, 17, 33, then the last 7.
+        await wait_for(lambda: chunks_written(factory, run_id, 17), "33 chunks stored")
+        os.kill(procs[0].pid, signal.SIGKILL)
+        assert procs[0].wait(10) == -signal.SIGKILL
+        stored = await chunks_written(factory, run_id)
+        assert stored is not None and stored < 40, "the split ended before the kill"
+
+        procs.append(start_worker(settings, log=log))
+        await wait_for(lambda: finished(factory, run_id), "the run to finish")
+
+    text = await asyncio.to_thread(log.read_text)
+    went_on = re.search(r"the split goes on from chunk (\d+) \((\d+) rows read", text)
+    assert went_on, text
+    index, rows_read = int(went_on[1]), int(went_on[2])
+    assert 17 <= index <= stored
+    return index, rows_read
+
+
+async def assert_split_once(factory: Factory, run_id: int, rows: int) -> None:
+    """Each row logged once, in chunks that hold each row once."""
+    logged = await fetch(
+        factory,
+        "SELECT count(*), count(DISTINCT row_number) FROM run_rows WHERE run_id = :id",
+        id=run_id,
+    )
+    assert logged[0] == (rows, rows)
+    chunk_rows = await fetch(
+        factory, "SELECT count(*), sum(row_count) FROM run_chunks WHERE run_id = :id", id=run_id
+    )
+    assert chunk_rows[0] == (40, rows)
+
+
+async def test_a_split_killed_midway_goes_on_from_its_last_checkpoint_on_another_worker(
+    create_importer: CreateImporter,
+    upload: Upload,
+    settings: Settings,
+    session_factory: Factory,
+    tmp_path: Path,
+) -> None:
+    """The successor neither reads the file from its start nor forgets the keys met before
+    the kill: the repeated rows are still skipped, each row is logged once."""
+    await create_importer(key=["email"], fields=USER_FIELDS, chunk_size=10, on_duplicate="skip")
+    run_id = (await upload("users", repeating_csv())).json()["data"]["id"]
+
+    index, rows_read = await kill_the_splitter_midway(
+        settings, session_factory, run_id, tmp_path / "worker.log"
+    )
+    assert rows_read == 10 * index
+
+    run = await run_of(session_factory, run_id)
+    assert run["status"] == "completed", run
+    progress = run["progress"]
+    assert progress["total"] == progress["processed"] == 400
+    assert (progress["successful"], progress["skipped"], progress["failed"]) == (300, 100, 0)
+    await assert_split_once(session_factory, run_id, 400)
+    stored_records = await records(session_factory, "users")
+    assert len(stored_records) == 300
+    assert stored_records["user5@example.com"]["name"] == "User 5"  # the first row of the key
+
+
+async def test_a_retry_whose_split_was_killed_goes_on_after_the_last_row_it_stored(
+    create_importer: CreateImporter,
+    upload: Upload,
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    run_worker: RunWorker,
+    settings: Settings,
+    session_factory: Factory,
+    tmp_path: Path,
+) -> None:
+    await create_importer(key=["email"], fields=USER_FIELDS, chunk_size=10)
+    lines = ["Email,Name,Age"] + [f"user{i}@example.com,User {i},{200 + i}" for i in range(400)]
+    parent_id = (await upload("users", "\n".join(lines) + "\n")).json()["data"]["id"]
+    await run_worker()
+    assert (await run_of(session_factory, parent_id))["progress"]["failed"] == 400
+    retry = await client.post(f"/api/v1/ingest/{parent_id}/retry", headers=admin_headers)
+    run_id = retry.json()["data"]["id"]
+
+    index, rows_read = await kill_the_splitter_midway(
+        settings, session_factory, run_id, tmp_path / "worker.log"
+    )
+    assert rows_read == 10 * index
+
+    progress = (await run_of(session_factory, run_id))["progress"]
+    assert progress["total"] == progress["processed"] == progress["failed"] == 400
+    await assert_split_once(session_factory, run_id, 400)
 
 
 async def test_sigterm_lets_the_worker_exit_0_within_the_grace_holding_nothing(

@@ -71,12 +71,12 @@ class _ByteLines:
 
     def __init__(self, raw: BinaryIO, codec: str, end: int | None = None) -> None:
         self.position = raw.tell()
-        self._raw = raw
+        self.raw = raw
         self._codec = codec
         self._end = end
 
     def __iter__(self) -> Iterator[str]:
-        readline, codec, end = self._raw.readline, self._codec, self._end
+        readline, codec, end = self.raw.readline, self._codec, self._end
         while end is None or self.position < end:
             # Bounded by the range's end: a lone CR may end a row inside a line.
             line = readline(
@@ -158,6 +158,7 @@ class CsvTable:
         self._max_field_bytes = max_field_bytes
         self._lines = lines
         self.delimiter = delimiter
+        self._line_base = 0  # lines before the first one read (see `seek`)
 
     @property
     def codec(self) -> str:
@@ -168,6 +169,23 @@ class CsvTable:
         """The byte offset where the last row read ends; None when the file is not read as
         bytes (UTF-16)."""
         return None if self._lines is None else self._lines.position
+
+    @property
+    def lines_read(self) -> int:
+        """The file's lines up to where the last row read ends."""
+        return self._line_base + self._reader.line_num
+
+    def seek(self, position: int, lines_read: int) -> None:
+        """Go on reading at the byte offset `position`, where a row ended, with `lines_read`
+        lines before it (as `lines_read` told then): how a split goes on where an earlier
+        split of the file stopped, without reading what is before."""
+        assert self._lines is not None
+        raw = self._lines.raw
+        raw.seek(position)
+        self._lines = _ByteLines(raw, self._codec)
+        self._ends = _Ends(self._lines)
+        self._reader = csv.reader(self._ends.lines, delimiter=self.delimiter)
+        self._line_base = lines_read
 
     def rows(self) -> Iterator[tuple[dict[str, Any], str | None]]:
         reader, ends = self._reader, self._ends
@@ -198,9 +216,9 @@ class CsvTable:
                     _ragged(self.columns, row)  # a row too wide fails the run here too
                 yield lines.position, row
         except csv.Error as exc:
-            raise _csv_error(exc, reader.line_num, self._max_field_bytes) from exc
+            raise _csv_error(exc, self.lines_read, self._max_field_bytes) from exc
         except UnicodeDecodeError as exc:
-            raise _decode_error(self._codec, reader.line_num) from exc
+            raise _decode_error(self._codec, self.lines_read) from exc
 
 
 @contextmanager
