@@ -19,6 +19,7 @@ import typer
 from app.auth.commands import token_app
 from app.core.config import Settings, get_settings
 from app.runs.commands import register as register_run_commands
+from app.worker.commands import register as register_worker_commands
 
 cli = typer.Typer(
     name="ingest",
@@ -306,6 +307,7 @@ async def _dev_token(database_url: str) -> str:
 
 
 register_run_commands(cli)
+register_worker_commands(cli)
 
 
 def main() -> None:

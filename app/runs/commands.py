@@ -168,11 +168,15 @@ def _console() -> Console:
 
 
 def _print_table(
-    console: Console, columns: list[tuple[str, bool]], rows: list[list[str | Text]]
+    console: Console,
+    columns: list[tuple[str, bool]],
+    rows: list[list[str | Text]],
+    right: tuple[str, ...] = ("ID", "FAILED"),
 ) -> None:
     """A borderless table at its natural width. When the terminal is narrower, the columns
     marked True (names, files) are cut with an ellipsis, down to 12 characters; the others
-    always show in full (a still-too-narrow terminal gets long lines, never lost columns)."""
+    always show in full (a still-too-narrow terminal gets long lines, never lost columns).
+    The ``right`` columns (numbers) are right-aligned."""
     widths = [
         max([len(name), *(len(str(row[i])) for row in rows)]) for i, (name, _) in enumerate(columns)
     ]
@@ -185,7 +189,7 @@ def _print_table(
             excess -= cut
     table = Table(box=None, header_style="bold", pad_edge=False)
     for (name, _), width in zip(columns, widths, strict=True):
-        justify: Literal["left", "right"] = "right" if name in ("ID", "FAILED") else "left"
+        justify: Literal["left", "right"] = "right" if name in right else "left"
         table.add_column(name, no_wrap=True, overflow="ellipsis", width=width, justify=justify)
     for row in rows:
         table.add_row(*row)

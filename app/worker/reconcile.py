@@ -138,8 +138,8 @@ async def reconcile(ctx: dict[str, Any]) -> dict[str, int]:
         "chunks_enqueued": len(pending),
         "workers_forgotten": gone.rowcount,  # type: ignore[attr-defined]
     }
-    if any(counts.values()):
-        log.info("reconciled: %s", counts)
+    # Every few seconds on every idle deployment: a line at INFO only when it did something.
+    log.log(logging.INFO if any(counts.values()) else logging.DEBUG, "reconciled: %s", counts)
     return counts
 
 

@@ -5,14 +5,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
-from sqlalchemy import select
 
 from app.auth.dependencies import Principal, require
 from app.auth.permissions import ADMIN
-from app.core.deps import SessionDep
+from app.core.deps import SessionDep, SettingsDep
 from app.core.errors import error_responses
 from app.core.pagination import Page, PageParams, page_params, paginate
 from app.runs.models import Worker
+from app.worker.service import live_workers_query
 
 router = APIRouter(prefix="/workers", tags=["workers"], responses=error_responses(401, 403))
 
@@ -41,9 +41,10 @@ def to_resource(worker: Worker) -> dict[str, Any]:
 async def list_workers(
     request: Request,
     session: SessionDep,
+    settings: SettingsDep,
     params: Annotated[PageParams, Depends(page_params)],
     _: Annotated[Principal, Depends(require(ADMIN))],
 ) -> dict[str, Any]:
     """Workers with a recent heartbeat, the latest started first."""
-    query = select(Worker).order_by(Worker.started_at.desc(), Worker.id)
+    query = live_workers_query(settings.lease_seconds)
     return await paginate(session, request, query, params, to_resource)

@@ -24,6 +24,47 @@ from app.worker import leases, reconcile, tasks
 log = logging.getLogger("ingest.worker")
 
 
+class QuietCronLogs(logging.Filter):
+    """Demotes arq's start and finish lines of the named cron jobs from INFO to DEBUG.
+
+    The reconciler and the scheduler tick run every few seconds: their two lines each would
+    be most of an idle worker's log (the reconciler says at INFO itself when it did
+    something). Their retries and failures, and every line of the split and chunk jobs, keep
+    their level. The match is on arq's own format strings (arq/worker.py ``Worker.run_job``):
+    should arq change them, the lines show again rather than more going.
+    """
+
+    LINES = frozenset({"%6.2fs → %s(%s)%s", "%6.2fs ← %s ● %s"})
+
+    def __init__(self, names: set[str]) -> None:
+        super().__init__()
+        self.names = frozenset(names)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if not (
+            record.msg in self.LINES
+            and isinstance(args, tuple)
+            and len(args) > 1
+            and args[1] in self.names  # a cron job's ref is its name, e.g. "cron:reconcile"
+        ):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        # The logger checked INFO before calling its filters: check the new level here.
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+# arq names a cron job "cron:" + its function's name unless given one.
+QUIET_CRON_LOGS = QuietCronLogs(
+    {f"cron:{job.__qualname__}" for job in (reconcile.reconcile, tasks.schedule_tick)}
+)
+
+
+def quiet_cron_logs() -> None:
+    """Log the ticks' runs at DEBUG (adding the same filter twice is a no-op)."""
+    logging.getLogger("arq.worker").addFilter(QUIET_CRON_LOGS)
+
+
 def reconcile_times(interval_s: int) -> dict[str, Any]:
     """arq cron fields that fire every ``interval_s`` seconds (whole minutes past 60 s)."""
     if interval_s < 60:
@@ -155,6 +196,7 @@ def use_uvloop() -> None:
 
 def run_worker(settings: Settings, *, burst: bool = False) -> None:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
+    quiet_cron_logs()
     tune_gc()
     use_uvloop()  # before the worker is built: arq takes the current loop
     create_worker(settings, burst=burst).run()
