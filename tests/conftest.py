@@ -93,6 +93,16 @@ async def clean_database(engine: AsyncEngine) -> AsyncIterator[None]:
         names = ", ".join(f'"{t}"' for t in tables)
         if names:
             await conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+        # Collection tables are made by importers, not by the migrations: they go.
+        schema = Settings().data_schema
+        collections = (
+            await conn.execute(
+                text("SELECT tablename FROM pg_tables WHERE schemaname = :schema"),
+                {"schema": schema},
+            )
+        ).scalars()
+        for table in collections:
+            await conn.execute(text(f'DROP TABLE "{schema}"."{table}"'))
     yield
 
 
@@ -202,7 +212,7 @@ def create_importer(client: httpx.AsyncClient, admin_headers: dict[str, str]) ->
 
     async def create(**definition: Any) -> dict[str, Any]:
         definition.setdefault("slug", "users")
-        definition.setdefault("collection", definition["slug"])
+        definition.setdefault("collection", definition["slug"].replace("-", "_"))
         response = await client.post(
             "/api/v1/ingest/importers", json=definition, headers=admin_headers
         )

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     # For tests only: a split sleeps this long after each batch of chunks it stores.
     test_split_hold_seconds: float = Field(0, ge=0)
 
+    # The schema of the collection tables (app.records.tables).
+    data_schema: str = Field("ingest_data", pattern=r"^[a-z][a-z0-9_]{0,62}$")
+
     near_duplicate_threshold: float = Field(0.6, ge=0, le=1)
     idempotency_ttl_hours: int = Field(24, ge=1)
 

@@ -16,6 +16,7 @@ FieldType = Literal[
 Transform = Literal["trim", "lower", "upper", "slug", "strip_non_digits"]
 Format = Literal["csv", "xlsx", "json", "ndjson", "auto"]
 SLUG_RE = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
+COLLECTION_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
 
 
 class Strict(RequestBody):
@@ -117,6 +118,7 @@ class ImporterDefinition(Strict):
     format: Format = "auto"
     source: SourceSpec = Field(default_factory=SourceSpec)
     source_id: Int4Id | None = None
+    # It names the collection's table (app.records.tables).
     collection: Annotated[str, Field(min_length=1, max_length=100)]
     key: list[str] = Field(default_factory=list)
     on_duplicate: Literal["skip", "update", "fail", "update_if_newer"] = "update"
@@ -136,6 +138,31 @@ class ImporterDefinition(Strict):
     @classmethod
     def _key_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("collection")
+    @classmethod
+    def _table_name(cls, value: str) -> str:
+        if not COLLECTION_RE.fullmatch(value):
+            raise ValueError(
+                "The collection must be a lower-case name of letters, digits and underscores, "
+                "starting with a letter, at most 63 characters: it names a table."
+            )
+        return value
+
+    @field_validator("fields")
+    @classmethod
+    def _column_names(cls, value: dict[str, FieldSpec]) -> dict[str, FieldSpec]:
+        for name in value:
+            if name.startswith("_"):
+                raise ValueError(
+                    f"The field name {name!r} starts with '_', which the collection table's "
+                    "own columns (_key, _created_at, ...) use."
+                )
+            if not name or len(name.encode()) > 63:
+                raise ValueError(
+                    f"The field name {name!r} must be 1 to 63 bytes: it names a column."
+                )
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> "ImporterDefinition":

@@ -11,6 +11,7 @@ from app.core.errors import Conflict, Forbidden, NotFound, ValidationFailed, val
 from app.core.url_secrets import restore_url
 from app.importers.models import Importer
 from app.importers.schemas import ImporterDefinition
+from app.records import tables
 
 
 def parse_definition(data: Any) -> ImporterDefinition:
@@ -77,6 +78,7 @@ async def create(
             errors={"slug": ["The slug has already been taken."]},
         )
     _restore_url_secrets(definition, None)
+    await tables.ensure_table(session, definition)
     importer = Importer(
         slug=definition.slug,
         name=definition.name,
@@ -100,6 +102,7 @@ async def update(
     if not definition.source.headers:
         definition.source.headers = stored.headers
     _restore_url_secrets(definition, stored.url)
+    await tables.ensure_table(session, definition)
     importer.name = definition.name
     importer.definition = _stored(definition)
     importer.source_id = definition.source_id
@@ -119,6 +122,7 @@ async def delete(session: AsyncSession, importer: Importer) -> None:
 
 
 async def upsert_from_file(session: AsyncSession, definition: ImporterDefinition) -> None:
+    await tables.ensure_table(session, definition)
     stmt = insert(Importer).values(
         slug=definition.slug,
         name=definition.name,

@@ -2,6 +2,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, Text, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.db import Base
@@ -27,3 +28,14 @@ class Record(Base):
     last_row_number: Mapped[int | None]
     created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
     updated_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+
+
+class Collection(Base):
+    """A collection's table is ``INGEST_DATA_SCHEMA.<name>`` (app.records.tables); this row
+    keeps the key its importers agree on (None while only `append` importers wrote it)."""
+
+    __tablename__ = "collections"
+
+    name: Mapped[str] = mapped_column(String(63, collation="C"), primary_key=True)
+    key: Mapped[list[str] | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))

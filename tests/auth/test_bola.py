@@ -32,7 +32,7 @@ Factory = Callable[[AsyncSession, int], Awaitable[dict[str, Any]]]
 def importer_definition(slug: str, source_id: int) -> dict[str, Any]:
     return {
         "slug": slug,
-        "collection": slug,
+        "collection": slug.replace("-", "_"),
         "source_id": source_id,
         "key": ["email"],
         "fields": {"email": {"type": "email", "required": True}},

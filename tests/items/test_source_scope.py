@@ -5,6 +5,7 @@ curator promotes."""
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -104,25 +105,40 @@ async def test_a_source_url_in_another_form_is_the_sources_own_record_key(
 
 
 def feed_importer(slug: str, source_id: int, **overrides: Any) -> dict[str, Any]:
-    """A push importer of source `source_id` whose key reads a `feed` column: it can name
-    another source's record keys, which is what the writer must refuse."""
+    """An upload importer of source `source_id` on `events`, keyed as the collection is, whose
+    `source_url` reads a `feed` column of its files: a file can name another source's record
+    keys, which is what the writer must refuse (pushes check the source url before that)."""
     return {
         "slug": slug,
         "format": "ndjson",
-        "source": {"type": "push"},
         "source_id": source_id,
         "collection": "events",
-        "key": ["feed", "external_id"],
+        "key": ["source_url", "external_id"],
         "fields": {
-            "feed": {"type": "string", "required": True},
+            "source_url": {"from": "feed", "type": "string", "required": True},
             "external_id": {"type": "string", "required": True},
             "title": {"type": "string"},
-            "source_url": {"type": "string"},
-            "starts_at": {"type": "string"},
-            "city": {"type": "string"},
         },
         **overrides,
     }
+
+
+async def upload_items(
+    client: httpx.AsyncClient, headers: Headers, slug: str, items: list[dict[str, Any]]
+) -> httpx.Response:
+    body = "".join(orjson.dumps(item).decode() + "\n" for item in items)
+    response = await client.post(
+        f"{PREFIX}/upload/{slug}", files={"file": ("items.ndjson", body)}, headers=headers
+    )
+    assert response.status_code == 202, response.text
+    return response
+
+
+async def uploaded_run(
+    client: httpx.AsyncClient, headers: Headers, response: httpx.Response
+) -> Any:
+    run_id = response.json()["data"]["id"]
+    return (await client.get(f"{PREFIX}/{run_id}", headers=headers)).json()["data"]
 
 
 @pytest.fixture
@@ -168,10 +184,10 @@ async def test_a_source_bound_admin_cannot_overwrite_another_sources_records(
         {"feed": B_URL, "external_id": "ev-1", "title": "HIJACKED"},
         {"feed": A_URL, "external_id": "ev-9", "title": "Our own"},
     ]
-    response = await client.post(f"{PREFIX}/items/a-raid", json={"items": items}, headers=a_admin)
+    response = await upload_items(client, a_admin, "a-raid", items)
     await run_worker()
 
-    run = await run_of(client, a_admin, response)
+    run = await uploaded_run(client, a_admin, response)
     assert (run["status"], run["progress"]["failed"]) == ("completed_with_errors", 1)
     assert run["summary"]["created"] == 1
     rows = (await client.get(f"{PREFIX}/{run['id']}/rows?status=failed", headers=a_admin)).json()
@@ -197,16 +213,15 @@ async def test_replace_deletes_only_the_runs_own_source_records(
     assert (
         await client.post(f"{PREFIX}/importers", json=definition, headers=a_admin)
     ).status_code == 201
-    url = f"{PREFIX}/items/a-replace"
     own = [{"feed": A_URL, "external_id": f"a-{n}"} for n in (1, 2)]
-    first = await client.post(url, json={"items": own}, headers=a_admin)
+    first = await upload_items(client, a_admin, "a-replace", own)
     await run_worker()
-    assert (await run_of(client, a_admin, first))["summary"]["deleted"] == 0
+    assert (await uploaded_run(client, a_admin, first))["summary"]["deleted"] == 0
 
-    response = await client.post(url, json={"items": own[:1]}, headers=a_admin)
+    response = await upload_items(client, a_admin, "a-replace", own[:1])
     await run_worker()
 
-    run = await run_of(client, a_admin, response)
+    run = await uploaded_run(client, a_admin, response)
     assert (run["status"], run["summary"]["deleted"]) == ("completed", 1)
     after = await records(client, admin_headers, "events")
     assert [r for r in after if r["source_id"] != a] == b_records
@@ -247,8 +262,20 @@ async def test_a_source_cannot_resubmit_another_sources_open_item(
     admin_headers: Headers,
 ) -> None:
     a, b = sources
-    definition = feed_importer("shared", a, approval="manual")
-    await create_importer(**{**definition, "source_id": None})
+    # An unbound push importer whose key reads a `feed` column, not the source url.
+    await create_importer(
+        slug="shared",
+        format="ndjson",
+        source={"type": "push"},
+        collection="shared_events",
+        key=["feed", "external_id"],
+        approval="manual",
+        fields={
+            "feed": {"type": "string", "required": True},
+            "external_id": {"type": "string", "required": True},
+            "title": {"type": "string"},
+        },
+    )
     url = f"{PREFIX}/items/shared"
     item = {"feed": B_URL, "external_id": "ev-1", "title": "B's own"}
     await client.post(url, json={"item": item}, headers=await agent_headers(b))
