@@ -4,10 +4,15 @@ import asyncio
 from typing import Any
 
 import httpx
+import orjson
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
+from app.core import migrate
+from app.core.db import async_url
 from app.importers.loader import load_directory
+from tests.servers import recreate_database
 
 API = "/api/v1/ingest"
 Factory = async_sessionmaker[AsyncSession]
@@ -239,3 +244,38 @@ async def test_importers_loaded_from_files_make_their_tables_too(
     )
     assert await load_directory(session_factory, tmp_path) == 1
     assert (await columns(session_factory))["age"] == "bigint"
+
+
+async def test_the_migration_renames_collections_that_cannot_name_a_table(
+    database_url: str,
+) -> None:
+    """Collections saved before names became table names are renamed in their importers,
+    records and items alike, losing nothing."""
+    name = f"{make_url(database_url).database}_collections"
+    url = await asyncio.to_thread(recreate_database, database_url, name)
+    await asyncio.to_thread(migrate.upgrade, url, "0010")
+    engine = create_async_engine(async_url(url))
+    old = {"slug": "people", "collection": "People-List", "key": ["email"], "fields": {}}
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO importers (slug, name, definition, origin) "
+                    "VALUES ('people', 'People', CAST(:d AS jsonb), 'api')"
+                ),
+                {"d": orjson.dumps(old).decode()},
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO records (collection, key, data, content_hash) "
+                    "VALUES ('People-List', 'a@example.com', '{}', 'h')"
+                )
+            )
+        await asyncio.to_thread(migrate.upgrade, url, "head")
+        async with engine.connect() as conn:
+            definition = await conn.scalar(text("SELECT definition FROM importers"))
+            collections = (await conn.execute(text("SELECT collection, key FROM records"))).all()
+    finally:
+        await engine.dispose()
+    assert definition == {**old, "collection": "people_list"}
+    assert [tuple(row) for row in collections] == [("people_list", "a@example.com")]
