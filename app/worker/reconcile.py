@@ -1,7 +1,8 @@
 """The reconciler: Postgres says what is unfinished; make sure a job exists for it.
 
-Runs on every worker at start-up and every INGEST_RECONCILE_INTERVAL_SECONDS (one worker at a
-time, arq's unique cron). It enqueues unfinished work that no live worker holds (unclaimed, or
+Runs on every worker at start-up and every INGEST_RECONCILE_INTERVAL_SECONDS, in a task beside
+its jobs (one worker at a time: a pass that finds another worker's pass under way is skipped).
+It enqueues unfinished work that no live worker holds (unclaimed, or
 its lease expired) under the job id of its next attempt: work that still has a queued job is
 not doubled, and the claim in Postgres, not arq, decides who runs it.
 """
@@ -29,6 +30,7 @@ log = logging.getLogger("ingest.reconcile")
 
 # A worker whose heartbeat stopped this long ago leaves the workers table.
 WORKER_FORGOTTEN_AFTER_S = 300
+COUNTS = ("stuck_failed", "splits_enqueued", "chunks_enqueued", "workers_forgotten")
 # Pending chunks of a stalled run checked for a job a dead worker took, per reconcile.
 STALLED_CHECKS = 64
 
@@ -37,6 +39,12 @@ async def reconcile(ctx: dict[str, Any]) -> dict[str, int]:
     factory, queue, settings = ctx["session_factory"], ctx["queue"], ctx["settings"]
     timeout = settings.run_timeout_minutes
     async with unit_of_work(factory) as session:
+        alone = await session.scalar(
+            text("SELECT pg_try_advisory_xact_lock(hashtext('ingest.reconcile'))")
+        )
+        if not alone:
+            log.debug("another worker is reconciling: this pass is skipped")
+            return dict.fromkeys(COUNTS, 0)
         stuck = (
             await session.execute(
                 text(

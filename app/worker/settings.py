@@ -27,9 +27,8 @@ log = logging.getLogger("ingest.worker")
 class QuietCronLogs(logging.Filter):
     """Demotes arq's start and finish lines of the named cron jobs from INFO to DEBUG.
 
-    The reconciler and the scheduler tick run every few seconds: their two lines each would
-    be most of an idle worker's log (the reconciler says at INFO itself when it did
-    something). Their retries and failures, and every line of the split and chunk jobs, keep
+    The scheduler tick runs every minute: its two lines would be most of an idle worker's
+    log. Their retries and failures, and every line of the split and chunk jobs, keep
     their level. The match is on arq's own format strings (arq/worker.py ``Worker.run_job``):
     should arq change them, the lines show again rather than more going.
     """
@@ -46,7 +45,7 @@ class QuietCronLogs(logging.Filter):
             record.msg in self.LINES
             and isinstance(args, tuple)
             and len(args) > 1
-            and args[1] in self.names  # a cron job's ref is its name, e.g. "cron:reconcile"
+            and args[1] in self.names  # a cron job's ref is its name, e.g. "cron:schedule_tick"
         ):
             return True
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
@@ -55,21 +54,12 @@ class QuietCronLogs(logging.Filter):
 
 
 # arq names a cron job "cron:" + its function's name unless given one.
-QUIET_CRON_LOGS = QuietCronLogs(
-    {f"cron:{job.__qualname__}" for job in (reconcile.reconcile, tasks.schedule_tick)}
-)
+QUIET_CRON_LOGS = QuietCronLogs({f"cron:{tasks.schedule_tick.__qualname__}"})
 
 
 def quiet_cron_logs() -> None:
     """Log the ticks' runs at DEBUG (adding the same filter twice is a no-op)."""
     logging.getLogger("arq.worker").addFilter(QUIET_CRON_LOGS)
-
-
-def reconcile_times(interval_s: int) -> dict[str, Any]:
-    """arq cron fields that fire every ``interval_s`` seconds (whole minutes past 60 s)."""
-    if interval_s < 60:
-        return {"second": set(range(0, 60, interval_s))}
-    return {"second": 0, "minute": set(range(0, 60, max(1, interval_s // 60)))}
 
 
 async def _heartbeat(ctx: dict[str, Any]) -> None:
@@ -83,6 +73,27 @@ async def _heartbeat(ctx: dict[str, Any]) -> None:
             # Postgres away for a moment: the next beat tries again (the leases may lapse,
             # and are then taken over, which is safe).
             log.exception("heartbeat failed")
+
+
+async def _reconciler(ctx: dict[str, Any]) -> None:
+    """Reconcile at start-up and every INGEST_RECONCILE_INTERVAL_SECONDS, beside the jobs.
+
+    Not an arq cron job: a cron run queues behind every chunk enqueued before its tick, so
+    under load the work of a dead worker would wait for the queue to drain."""
+    settings: Settings = ctx["settings"]
+    while True:
+        try:
+            await reconcile.reconcile(ctx)
+        except Exception:
+            log.exception("reconciling failed")  # Postgres or Redis away: the next pass retries
+        await asyncio.sleep(settings.reconcile_interval_seconds)
+
+
+async def _stop(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _release(ctx: dict[str, Any]) -> None:
@@ -127,14 +138,17 @@ def create_worker(settings: Settings, *, burst: bool = False, **overrides: Any) 
         settings.storage_dir.mkdir(parents=True, exist_ok=True)
         await leases.beat(ctx["session_factory"], ctx["worker_id"], settings.lease_seconds)
         ctx["heartbeat"] = asyncio.create_task(_heartbeat(ctx))
+        if burst:
+            await reconcile.reconcile(ctx)  # once, before the queue is drained
+        else:
+            ctx["reconciler"] = asyncio.create_task(_reconciler(ctx))
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         # Running jobs have finished (or were cancelled after the grace): give back what this
         # worker still holds, so other workers take it at once. arq closes the Redis pool
         # itself after this hook.
-        ctx["heartbeat"].cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ctx["heartbeat"]
+        await _stop(ctx.get("reconciler"))
+        await _stop(ctx["heartbeat"])
         try:
             await _release(ctx)
         finally:
@@ -146,12 +160,6 @@ def create_worker(settings: Settings, *, burst: bool = False, **overrides: Any) 
             tasks.apply_chunk_function(),
         ],
         "cron_jobs": [
-            cron(
-                reconcile.reconcile,
-                **reconcile_times(settings.reconcile_interval_seconds),
-                run_at_startup=True,
-                unique=True,
-            ),
             cron(tasks.schedule_tick, second=5, unique=True),
         ],
         "redis_pool": queue,

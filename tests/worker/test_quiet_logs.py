@@ -37,8 +37,6 @@ def quiet_arq() -> Iterator[None]:
 @pytest.mark.parametrize(
     ("msg", "args"),
     [
-        (STARTED, (0.01, "cron:reconcile", "", "")),
-        (FINISHED, (0.02, "cron:reconcile", "{'stuck_failed': 0, 'splits_enqueued': 0}")),
         (STARTED, (0.01, "cron:schedule_tick", "", " delayed=1.30s")),
         (FINISHED, (0.00, "cron:schedule_tick", "")),
     ],
@@ -63,8 +61,8 @@ def test_the_filter_demotes_the_start_and_finish_lines_of_the_ticks_to_debug(
     [
         (STARTED, (0.01, "split:1:0:split_run", "1", ""), logging.INFO),
         (FINISHED, (1.20, "chunk:1:0:0:apply_chunk", ""), logging.INFO),
-        (RETRYING, (0.30, "cron:reconcile", 2.0), logging.INFO),
-        (FAILED, (0.30, "cron:reconcile", "OperationalError", "gone"), logging.ERROR),
+        (RETRYING, (0.30, "cron:schedule_tick", 2.0), logging.INFO),
+        (FAILED, (0.30, "cron:schedule_tick", "OperationalError", "gone"), logging.ERROR),
         ("Starting worker for %d functions: %s", (2, "split_run, apply_chunk"), logging.INFO),
     ],
 )
