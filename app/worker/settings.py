@@ -81,9 +81,11 @@ async def _reconciler(ctx: dict[str, Any]) -> None:
     Not an arq cron job: a cron run queues behind every chunk enqueued before its tick, so
     under load the work of a dead worker would wait for the queue to drain."""
     settings: Settings = ctx["settings"]
+    thorough = True
     while True:
         try:
-            await reconcile.reconcile(ctx)
+            await reconcile.reconcile(ctx, thorough=thorough)
+            thorough = False
         except Exception:
             log.exception("reconciling failed")  # Postgres or Redis away: the next pass retries
         await asyncio.sleep(settings.reconcile_interval_seconds)

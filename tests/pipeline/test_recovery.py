@@ -79,6 +79,34 @@ async def test_two_workers_applying_the_same_chunk_at_once_apply_it_once(
     assert run["progress"]["processed"] == 50 and run["summary"]["created"] == 50
 
 
+async def test_between_thorough_passes_only_a_stalled_runs_unclaimed_chunks_are_enqueued(
+    create_importer: CreateImporter,
+    upload: Upload,
+    settings: Settings,
+    queue: ArqRedis,
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    from app.worker.reconcile import reconcile
+
+    await create_importer(key=["email"], fields=USER_FIELDS, chunk_size=10)
+    run_id = (await upload("users", users_csv(45))).json()["data"]["id"]
+    await split_only(settings, queue, session_factory, run_id)
+    await queue.flushdb()  # the chunks' jobs are gone
+    ctx = {"session_factory": session_factory, "queue": queue, "settings": settings}
+
+    # The run progressed a moment ago: its chunks' jobs are taken to be queued.
+    assert (await reconcile(ctx, thorough=False))["chunks_enqueued"] == 0
+    assert (await reconcile(ctx))["chunks_enqueued"] == 5  # a worker's first pass looks
+
+    await queue.flushdb()
+    async with session_factory() as session, session.begin():
+        await session.execute(
+            text("UPDATE runs SET updated_at = now() - interval '1 hour' WHERE id = :id"),
+            {"id": run_id},
+        )
+    assert (await reconcile(ctx, thorough=False))["chunks_enqueued"] == 5  # stalled: retaken
+
+
 async def test_flushed_redis_mid_run_is_recovered_by_the_reconciler(
     create_importer: CreateImporter,
     upload: Upload,
