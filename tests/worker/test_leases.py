@@ -77,6 +77,19 @@ async def held_chunk(factory: Factory, run_id: int, worker_id: str) -> list[Any]
     )
 
 
+async def start_holding_a_chunk(
+    settings: Settings, factory: Factory, run_id: int, procs: list[subprocess.Popen[bytes]]
+) -> list[Any]:
+    """Start a worker (appended to `procs`) that holds its first chunk open inside the
+    chunk's transaction; the chunk it holds, once it claimed one."""
+    procs.append(
+        start_worker(settings, INGEST_WORKER_MAX_JOBS="1", INGEST_TEST_CHUNK_HOLD_SECONDS="8")
+    )
+    worker_id = await registered(factory, procs[-1])
+    held: list[Any] = await wait_for(lambda: held_chunk(factory, run_id, worker_id), "a claim")
+    return held
+
+
 async def test_a_chunk_of_a_worker_killed_mid_chunk_is_applied_by_another_once_its_lease_expires(
     create_importer: CreateImporter,
     upload: Upload,
@@ -86,12 +99,7 @@ async def test_a_chunk_of_a_worker_killed_mid_chunk_is_applied_by_another_once_i
 ) -> None:
     run_id = await start_run(create_importer, upload)
     with workers() as procs:
-        # The first worker holds its first chunk open, inside the chunk's transaction.
-        procs.append(
-            start_worker(settings, INGEST_WORKER_MAX_JOBS="1", INGEST_TEST_CHUNK_HOLD_SECONDS="8")
-        )
-        first = await registered(session_factory, procs[0])
-        held = await wait_for(lambda: held_chunk(session_factory, run_id, first), "a claim")
+        held = await start_holding_a_chunk(settings, session_factory, run_id, procs)
         os.kill(procs[0].pid, signal.SIGKILL)
         assert procs[0].wait(10) == -signal.SIGKILL
 
@@ -198,11 +206,7 @@ async def test_a_run_survives_a_flushed_redis_and_then_a_killed_worker(
 ) -> None:
     run_id = await start_run(create_importer, upload)
     with workers() as procs:
-        procs.append(
-            start_worker(settings, INGEST_WORKER_MAX_JOBS="1", INGEST_TEST_CHUNK_HOLD_SECONDS="8")
-        )
-        first = await registered(session_factory, procs[0])
-        await wait_for(lambda: held_chunk(session_factory, run_id, first), "a claim")
+        await start_holding_a_chunk(settings, session_factory, run_id, procs)
         await queue.flushdb()  # every queued job and arq lock is gone
         os.kill(procs[0].pid, signal.SIGKILL)
         procs[0].wait(10)
