@@ -246,8 +246,8 @@ async def kill_the_splitter_midway(
                 INGEST_SPLIT_CHECKPOINT_SECONDS="0",
             )
         )
-        # Stored in batches of 16 (after the first chunk): 1, 17, 33, then the last 7.
-        await wait_for(lambda: chunks_written(factory, run_id, 17), "33 chunks stored")
+        # Stored in batches (the first chunk alone, then up to 16, fewer on a busy machine).
+        await wait_for(lambda: chunks_written(factory, run_id, 17), "18 chunks stored")
         os.kill(procs[0].pid, signal.SIGKILL)
         assert procs[0].wait(10) == -signal.SIGKILL
         stored = await chunks_written(factory, run_id)
@@ -260,7 +260,9 @@ async def kill_the_splitter_midway(
     went_on = re.search(r"the split goes on from chunk (\d+) \((\d+) rows read", text)
     assert went_on, text
     index, rows_read = int(went_on[1]), int(went_on[2])
-    assert 17 <= index <= stored
+    # From the checkpoint of the last batch stored, or of the one before if the kill fell
+    # between a batch's commit and its checkpoint: never from the input's start.
+    assert 1 <= index <= stored
     return index, rows_read
 
 
