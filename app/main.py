@@ -26,7 +26,7 @@ store (or are staged for review). Every route but health needs `Authorization: B
 TAGS = [
     {"name": "runs", "description": "Runs: upload, trigger, watch, cancel, retry, errors."},
     {"name": "importers", "description": "Pipeline definitions."},
-    {"name": "records", "description": "The canonical records store."},
+    {"name": "records", "description": "Collections' records, one typed table each."},
     {"name": "sources", "description": "Ingestion sources and their tokens."},
     {"name": "items", "description": "Agent push and the human review workflow."},
     {"name": "tokens", "description": "Service tokens."},

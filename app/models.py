@@ -3,16 +3,16 @@
 from app.auth.models import Token, User
 from app.importers.models import Importer
 from app.items.models import Item, ItemEvent
-from app.records.models import Record
+from app.records.models import Collection
 from app.runs.models import IdempotencyKey, Run, RunChunk, RunRow, Worker
 from app.sources.models import Source
 
 __all__ = [
+    "Collection",
     "IdempotencyKey",
     "Importer",
     "Item",
     "ItemEvent",
-    "Record",
     "Run",
     "RunChunk",
     "RunRow",

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.dependencies import Principal
 from app.auth.models import User
-from app.core.db import json_dumps, raw_connection
+from app.core.db import raw_connection
 from app.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from app.core.timefmt import iso
 from app.importers.models import Importer
@@ -25,7 +25,7 @@ from app.items.staging import prepare, refresh_markers
 from app.pipeline.chunks import ChunkRow
 from app.pipeline.mapping import MissingColumns, plan_columns
 from app.pipeline.validation import RowValidator
-from app.pipeline.writer import content_hash, upsert_records
+from app.records.store import Table, Write, content_hash
 from app.sources.models import Source
 from app.sources.urls import same_source_url
 
@@ -338,37 +338,20 @@ async def _promote(session: AsyncSession, item: Item) -> None:
         )
     digest = item.content_hash or content_hash(item.data)
     conn = await raw_connection(session)
-    owner = await conn.fetchrow(
-        "SELECT source_id FROM records WHERE collection = $1 AND key = $2",
-        item.collection,
-        key,
-    )
-    if owner is not None and item.source_id is not None and owner["source_id"] != item.source_id:
+    table = await Table.load(conn, item.collection, item.data)
+    owner = (await table.known(conn, [key])).get(key)
+    if owner is not None and item.source_id is not None and owner.source_id != item.source_id:
         raise Conflict(
             f"Record '{key}' of {item.collection} belongs to another source: an item of "
             f"source {item.source_id} cannot change it."
         )
-    await upsert_records(
-        conn,
-        item.collection,
-        item.source_id,
-        item.run_id,
-        {key: (json_dumps(item.data), digest, item.row_number or 0, None)},
-    )
+    write = Write(item.data, digest, item.row_number or 0, None)
+    await table.write(conn, item.source_id, item.run_id, {key: write})
     record = await conn.fetchrow(
-        "SELECT id, content_hash, last_run_id, last_row_number FROM records "
-        "WHERE collection = $1 AND key = $2",
-        item.collection,
+        f"SELECT _id AS id, _content_hash AS content_hash, _last_row_number AS last_row_number "
+        f"FROM {table.name} WHERE _key = $1",
         key,
     )
-    if record is None or record["content_hash"] != digest:
-        # The writer keeps the latest row of a run: a later row of this item's run is already
-        # the record, and promoting an older one would undo it.
-        later = record["last_row_number"] if record is not None else None
-        raise Conflict(
-            f"Record '{key}' of {item.collection} holds row {later} of run {item.run_id}, "
-            f"a later row than this item's ({item.row_number}); promote that row's item instead."
-        )
     await session.execute(
         update(Item)
         .where(Item.id == item.id)
@@ -454,6 +437,7 @@ async def retarget(
     await refresh_markers(
         await raw_connection(session),
         [item.id],
+        collection=definition.collection,
         title_field=definition.title_field,
         threshold=threshold,
     )

@@ -15,6 +15,7 @@ with the chunk's row log and counters: a chunk delivered twice stages its rows o
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import asyncpg
@@ -22,7 +23,8 @@ import asyncpg
 from app.core.db import json_dumps
 from app.importers.schemas import ImporterDefinition
 from app.pipeline.chunks import ChunkRow
-from app.pipeline.writer import content_hash
+from app.records.store import columns_of, content_hash
+from app.records.tables import quoted, table_name
 
 # Open items: the ones a new push of the same identity updates (the partial unique indexes).
 CLOSED_STATUSES = ("merged", "rejected")
@@ -92,23 +94,38 @@ FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[])
     AS t(item_id, from_status, to_status, note)
 """
 
+
 # One statement per batch: exact markers (same content hash as a record of the collection or
-# an open item of the type) and near ones (trigram similarity of titles above the threshold).
-#
-# Every lookup is served by an index. The records table has none over its JSON title fields,
-# so records are reached through what is indexed:
-# - exact: a record's key is a function of its data, so a record with the same content has
-#   the same key and the unique (collection, key) index finds it. Only keyless (append) items
-#   compare hashes across the collection.
-# - near, records: the records promoted from items, found by the trigram index on items.title
-#   (the merged item's title), plus the record with the item's own key (the one promoting it
-#   would update). A record written straight by an auto run is thus near-matched only by its
-#   key: comparing every record's title field costs a trigram computation per record and item
-#   (measured: ~0.6 s per item against a 50,000-record collection).
-# - near, items: the trigram index on items.title.
-REFRESH_MARKERS = f"""
+# an open item of the type) and near ones (trigram similarity of titles above the threshold:
+# the title column of the collection's table, and the titles of open items, each served by
+# its trigram index).
+@cache
+def _markers_sql(table: str | None, title: str | None) -> str:
+    """The marker refresh for items of one collection: `table` is its table (None: it has
+    none, so no records), `title` the quoted text column that holds record titles (None:
+    records are not compared by title)."""
+    nothing = "SELECT NULL::bigint AS id, NULL::real AS score WHERE false"
+    exact_records = (
+        f"""(SELECT r._id AS id FROM {table} r WHERE t.key IS NOT NULL AND r._key = t.key
+                AND r._content_hash = t.content_hash)
+            UNION ALL
+            (SELECT r._id FROM {table} r WHERE t.key IS NULL
+                AND r._content_hash = t.content_hash ORDER BY r._id LIMIT {MAX_MARKERS})"""
+        if table is not None
+        else nothing
+    )
+    near_records = (
+        f"""SELECT r._id AS id, similarity(r.{title}, t.title) AS score FROM {table} r
+              WHERE t.title IS NOT NULL AND t.title <> '' AND r.{title} % t.title
+                AND similarity(r.{title}, t.title) > $2::real
+                AND r._content_hash IS DISTINCT FROM t.content_hash
+              ORDER BY score DESC, r._id LIMIT {MAX_MARKERS}"""
+        if table is not None and title is not None
+        else nothing
+    )
+    return f"""
 WITH targets AS (
-    SELECT id, type, collection, key, title, content_hash FROM items WHERE id = ANY($1::bigint[])
+    SELECT id, type, key, title, content_hash FROM items WHERE id = ANY($1::bigint[])
 ), markers AS (
     SELECT t.id, coalesce(er.m, '[]') || coalesce(ei.m, '[]') || coalesce(nr.m, '[]')
                  || coalesce(ni.m, '[]') AS m
@@ -116,13 +133,7 @@ WITH targets AS (
     LEFT JOIN LATERAL (
         SELECT jsonb_agg(jsonb_build_object('kind', 'exact', 'match', 'record', 'id', x.id,
                                             'score', 1.0) ORDER BY x.id) AS m
-        FROM (
-            (SELECT r.id FROM records r WHERE t.key IS NOT NULL AND r.collection = t.collection
-                AND r.key = t.key AND r.content_hash = t.content_hash)
-            UNION ALL
-            (SELECT r.id FROM records r WHERE t.key IS NULL AND r.collection = t.collection
-                AND r.content_hash = t.content_hash ORDER BY r.id LIMIT {MAX_MARKERS})
-        ) x
+        FROM ({exact_records}) x
     ) er ON true
     LEFT JOIN LATERAL (
         SELECT jsonb_agg(jsonb_build_object('kind', 'exact', 'match', 'item', 'id', x.id,
@@ -136,24 +147,7 @@ WITH targets AS (
         SELECT jsonb_agg(jsonb_build_object('kind', 'near', 'match', 'record', 'id', x.id,
                                             'score', round(x.score::numeric, 3))
                          ORDER BY x.score DESC, x.id) AS m
-        FROM (
-            SELECT c.id, max(c.score) AS score FROM (
-                SELECT r.id, similarity(o.title, t.title) AS score
-                FROM items o JOIN records r ON r.id = o.record_id
-                WHERE t.title IS NOT NULL AND t.title <> '' AND o.status = 'merged'
-                  AND o.collection = t.collection
-                  AND o.title % t.title AND similarity(o.title, t.title) > $3::real
-                  AND r.content_hash IS DISTINCT FROM t.content_hash
-                UNION ALL
-                SELECT r.id, similarity(r.data ->> $2::text, t.title)
-                FROM records r
-                WHERE $2::text IS NOT NULL AND t.title IS NOT NULL AND t.key IS NOT NULL
-                  AND r.collection = t.collection AND r.key = t.key
-                  AND r.content_hash IS DISTINCT FROM t.content_hash
-                  AND similarity(r.data ->> $2::text, t.title) > $3::real
-            ) c
-            GROUP BY c.id ORDER BY score DESC, c.id LIMIT {MAX_MARKERS}
-        ) x
+        FROM ({near_records}) x
     ) nr ON true
     LEFT JOIN LATERAL (
         SELECT jsonb_agg(jsonb_build_object('kind', 'near', 'match', 'item', 'id', x.id,
@@ -164,7 +158,7 @@ WITH targets AS (
               WHERE t.title IS NOT NULL AND t.title <> '' AND o.type = t.type
                 AND o.id <> t.id AND o.status NOT IN ('merged', 'rejected')
                 AND o.content_hash IS DISTINCT FROM t.content_hash
-                AND o.title % t.title AND similarity(o.title, t.title) > $3::real
+                AND o.title % t.title AND similarity(o.title, t.title) > $2::real
               ORDER BY score DESC, o.id LIMIT {MAX_MARKERS}) x
     ) ni ON true
 )
@@ -235,14 +229,23 @@ async def refresh_markers(
     conn: asyncpg.Connection,
     item_ids: Sequence[int],
     *,
+    collection: str,
     title_field: str | None,
     threshold: float,
 ) -> None:
     """Recompute the duplicate markers of ``item_ids`` (all of one importer)."""
     if not item_ids:
         return
+    columns = await columns_of(conn, collection)
+    if columns is None:
+        sql = _markers_sql(None, None)
+    else:
+        title = None
+        if title_field is not None and columns.get(title_field) == "text":
+            title = quoted(title_field)
+        sql = _markers_sql(table_name(collection), title)
     await set_similarity_threshold(conn, threshold)
-    await conn.execute(REFRESH_MARKERS, list(item_ids), title_field, threshold)
+    await conn.execute(sql, list(item_ids), threshold)
 
 
 async def record_events(
@@ -328,7 +331,9 @@ async def foreign_open_keys(
     conn: asyncpg.Connection, type_: str, keys: list[str], source_id: int
 ) -> set[str]:
     """Of `keys`, those whose open item of `type_` belongs to a source other than
-    `source_id` (or to none): a run of that source may not resubmit them."""
+    `source_id` (or to none): a run of that source may not resubmit them. A key holding
+    NUL names no item (its row fails on it)."""
+    keys = [key for key in keys if "\x00" not in key]
     if not keys:
         return set()
     rows = await conn.fetch(
@@ -390,6 +395,7 @@ async def stage_rows(
     await refresh_markers(
         conn,
         ids,
+        collection=definition.collection,
         title_field=definition.title_field,
         threshold=_default_threshold() if threshold is None else threshold,
     )

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import json_dumps
 from app.importers.schemas import ImporterDefinition
+from app.records.tables import table_name
 
 SUMMARY_KEYS = ("created", "updated", "unchanged", "skipped", "staged", "deleted")
 
@@ -125,24 +126,22 @@ async def _replace_unseen(
         ),
         {"id": run_id},
     )
-    params = {"c": definition.collection, "id": run_id, "source": source_id}
-    own = "(CAST(:source AS int) IS NULL OR r.source_id = :source)"
+    params = {"id": run_id, "source": source_id}
+    table = table_name(definition.collection)
+    own = "(CAST(:source AS int) IS NULL OR r._source_id = :source)"
     if dry_run:
         # A dry run wrote nothing; it logged every row's key, so count what would go.
         count = await session.scalar(
             text(
-                f"SELECT count(*) FROM records r WHERE r.collection = :c AND {own} AND NOT EXISTS "
-                "(SELECT 1 FROM run_rows w WHERE w.run_id = :id AND w.record_key = r.key "
+                f"SELECT count(*) FROM {table} r WHERE {own} AND NOT EXISTS "
+                "(SELECT 1 FROM run_rows w WHERE w.run_id = :id AND w.record_key = r._key "
                 "AND w.status <> 'failed')"
             ),
             params,
         )
         return int(count or 0)
     result = await session.execute(
-        text(
-            "DELETE FROM records r WHERE r.collection = :c "
-            f"AND r.last_run_id IS DISTINCT FROM :id AND {own}"
-        ),
+        text(f"DELETE FROM {table} r WHERE r._last_run_id IS DISTINCT FROM :id AND {own}"),
         params,
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -22,7 +22,6 @@ import hashlib
 import operator
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
@@ -31,22 +30,12 @@ from app.importers.schemas import ImporterDefinition
 from app.pipeline.chunks import ChunkRow, Original, RawRow, original_dict
 from app.pipeline.mapping import ColumnPlan, plan_columns
 from app.pipeline.validation import RowResult, RowValidator
+from app.records.store import Known
 
 INVALID = "The given data was invalid."
 
 # A row known unchanged by its input hash: row number, record key, original data.
 Unchanged = tuple[int, str, Original]
-
-
-@dataclass(slots=True)
-class Known:
-    """What the chunk needs of an existing record."""
-
-    hash: str
-    compare: Any
-    input_hash: str | None = None
-    # The source the record belongs to: a run of another source may not change it.
-    source_id: int | None = None
 
 
 # Joins a row's cells for hashing; a row with a cell that holds it is not hashed.

@@ -1,9 +1,6 @@
-"""Apply one chunk: decide each row's outcome, write records and the row log, count — in one
-transaction that also marks the chunk done, so a chunk delivered twice is applied once.
-
-Writes go through asyncpg directly: new records and the row log by binary ``COPY``, other
-records as one ``INSERT ... SELECT FROM unnest(...) ON CONFLICT`` statement. No per-row round
-trips.
+"""Apply one chunk: decide each row's outcome, write its collection's records
+(app.records.store) and the row log, count — in one transaction that also marks the chunk
+done, so a chunk delivered twice is applied once. No per-row round trips.
 
 The row log keeps a copy of a row's original data only when the row failed or the chunk is not
 a byte range of the run's input file: other rows are read back from that file when shown
@@ -11,15 +8,14 @@ a byte range of the run's input file: other rows are read back from that file wh
 """
 
 import asyncio
-import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import orjson
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.db import json_dumps, raw_connection, unit_of_work
@@ -35,28 +31,10 @@ from app.pipeline.chunks import (
     read_payload,
     remove_run_payloads,
 )
-from app.pipeline.prepare import ChunkValidator, Known, Unchanged
+from app.pipeline.prepare import ChunkValidator, Unchanged
 from app.pipeline.readers import ReadError
 from app.pipeline.readers.csv_reader import read_slice, slice_of
-
-UPSERT_RECORDS = """
-INSERT INTO records AS r (collection, key, data, content_hash, input_hash, source_id,
-                          last_run_id, last_row_number)
-SELECT $1, t.key, t.data, t.hash, t.input_hash, $2, $3, t.row_number
-FROM unnest($4::text[], $5::json[], $6::text[], $7::int[], $8::text[])
-    AS t(key, data, hash, row_number, input_hash)
-ON CONFLICT (collection, key) DO UPDATE
-SET data = EXCLUDED.data, content_hash = EXCLUDED.content_hash, input_hash = EXCLUDED.input_hash,
-    source_id = coalesce(EXCLUDED.source_id, r.source_id),
-    last_run_id = EXCLUDED.last_run_id, last_row_number = EXCLUDED.last_row_number,
-    updated_at = CASE WHEN r.content_hash = EXCLUDED.content_hash THEN r.updated_at ELSE now() END
--- Within one run a later row wins, whatever order concurrent chunks commit in.
-WHERE (r.last_run_id IS DISTINCT FROM EXCLUDED.last_run_id
-       OR r.last_row_number < EXCLUDED.last_row_number)
-  -- A write for a source never changes another source's record (the plan fails such rows;
-  -- this holds should one be created between the plan and the write).
-  AND ($2::int IS NULL OR r.source_id = $2::int)
-"""
+from app.records.store import NUL, Known, Table, Write, Writes, canonical, nul_errors
 
 FOREIGN_RECORD = (
     "The record '{key}' belongs to another source: a run of source {source} cannot change it."
@@ -69,20 +47,7 @@ FOREIGN_ITEM = (
 ROW_LOG_COLUMNS = ("run_id", "row_number", "status", "outcome", "record_key", "data", "errors")
 
 
-def canonical(data: dict[str, Any]) -> tuple[bytes, str]:
-    """The record's JSON with sorted keys, and its content hash: one serialisation for both."""
-    blob = orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
-    return blob, hashlib.md5(blob).hexdigest()
-
-
-def content_hash(data: dict[str, Any]) -> str:
-    return canonical(data)[1]
-
-
 _json = json_dumps
-
-# key -> (data JSON, content hash, row number, input hash)
-Writes = dict[str, tuple[str, str, int, str | None]]
 
 
 @dataclass
@@ -124,13 +89,15 @@ def plan_chunk(
     copy_originals: bool = True,
     unchanged: Sequence[Unchanged] = (),
     foreign: Mapping[str, str] | None = None,
+    comparable: Callable[[Any], Any] = lambda value: value,
 ) -> Plan:
     """Decide every row's outcome, in row order, as if rows were applied one by one; rows
     known `unchanged` by their input hash (one row per key in the chunk) are counted apart.
     `copy_originals` False: only failed rows keep their original data in the row log.
     `columns` name the cells of originals given as lists: the row log and staged rows get
     dicts. Rows whose key is in `foreign` (another source's record or item) fail with its
-    message."""
+    message. `comparable` makes the compare field's value what its column holds, as existing
+    records give theirs."""
     plan = Plan()
     foreign = foreign or {}
     strategy = definition.on_duplicate
@@ -152,7 +119,9 @@ def plan_chunk(
             # A repeated key decides the row under skip and fail; under update it only holds
             # the record's position (below): the splitter may also mistake a few new keys
             # for repeated ones.
-            if key in foreign:
+            if NUL in blob:  # no column can hold it
+                status, errors = "failed", nul_errors(row.data)
+            elif key in foreign:
                 status, errors = "failed", {"message": foreign[key]}
             elif known is None and not (row.duplicate and strategy in ("skip", "fail")):
                 outcome = "created"
@@ -165,7 +134,7 @@ def plan_chunk(
             elif (
                 strategy == "update_if_newer"
                 and known is not None
-                and not _is_newer(row.data.get(compare or ""), known.compare)
+                and not _is_newer(comparable(row.data.get(compare or "")), known.compare)
             ):
                 status, outcome = "skipped", "skipped"
             else:
@@ -176,17 +145,17 @@ def plan_chunk(
                 # earlier row of the run, in a chunk applied later, cannot overwrite it; and
                 # should such a row have changed it since this chunk looked, the data is
                 # this row's again.
-                plan.writes[key] = (blob.decode(), digest, row.row_number, row.input_hash)
+                plan.writes[key] = Write(row.data, digest, row.row_number, row.input_hash)
             if outcome in ("created", "updated"):
                 if stage:
                     outcome = "staged"
                     plan.staged.append(replace(row, original=original_dict(row.original, columns)))
                 else:
-                    plan.writes[key] = (blob.decode(), digest, row.row_number, row.input_hash)
+                    plan.writes[key] = Write(row.data, digest, row.row_number, row.input_hash)
                     if outcome == "created":
                         plan.new.add(key)
                 existing[key] = Known(
-                    digest, row.data.get(compare) if compare else None, row.input_hash
+                    digest, comparable(row.data.get(compare)) if compare else None, row.input_hash
                 )
             elif touch_unchanged and status != "failed":
                 plan.touched.append(key)
@@ -206,7 +175,7 @@ def plan_chunk(
                     row.row_number,
                     status,
                     outcome,
-                    key,
+                    key if key is None or "\x00" not in key else None,  # text holds no NUL
                     _json(original_dict(row.original, columns))
                     if copy_originals or status == "failed"
                     else None,
@@ -232,98 +201,6 @@ def plan_chunk(
                 for number, key, original in unchanged
             )
     return plan
-
-
-async def fetch_existing(
-    conn: asyncpg.Connection, definition: ImporterDefinition, keys: list[str]
-) -> dict[str, Known]:
-    if not keys:
-        return {}
-    compare = definition.compare_field
-    if compare is None:  # the record's data stays unread
-        rows = await conn.fetch(
-            "SELECT key, content_hash, input_hash, source_id FROM records "
-            "WHERE collection = $1 AND key = ANY($2::text[])",
-            definition.collection,
-            keys,
-        )
-        return {key: Known(content, None, given, source) for key, content, given, source in rows}
-    rows = await conn.fetch(
-        "SELECT key, content_hash, input_hash, source_id, data -> $3::text FROM records "
-        "WHERE collection = $1 AND key = ANY($2::text[])",
-        definition.collection,
-        keys,
-        compare,
-    )
-    return {
-        key: Known(content, value, given, source) for key, content, given, source, value in rows
-    }
-
-
-RECORD_COLUMNS = (
-    "collection",
-    "key",
-    "data",
-    "content_hash",
-    "input_hash",
-    "source_id",
-    "last_run_id",
-    "last_row_number",
-)
-
-
-async def write_records(
-    conn: asyncpg.Connection,
-    collection: str,
-    source_id: int | None,
-    run_id: int,
-    writes: Writes,
-    new: set[str],
-) -> None:
-    """Write a chunk's records: the new ones by COPY, which costs Postgres a third less than
-    INSERT ... ON CONFLICT, then the rest by upsert. If a concurrent chunk or run created one
-    of the new keys meanwhile, the COPY fails whole (under a savepoint) and every record
-    goes through the upsert."""
-    if new:
-        created = [
-            (collection, key, *writes[key][:2], writes[key][3], source_id, run_id, writes[key][2])
-            for key in new
-        ]
-        await conn.execute("SAVEPOINT new_records")
-        try:
-            await conn.copy_records_to_table("records", records=created, columns=RECORD_COLUMNS)
-        except asyncpg.UniqueViolationError:
-            await conn.execute("ROLLBACK TO SAVEPOINT new_records")
-        else:
-            await conn.execute("RELEASE SAVEPOINT new_records")
-            writes = {key: value for key, value in writes.items() if key not in new}
-    await upsert_records(conn, collection, source_id, run_id, writes)
-
-
-async def upsert_records(
-    conn: asyncpg.Connection,
-    collection: str,
-    source_id: int | None,
-    run_id: int | None,
-    writes: Writes,
-) -> None:
-    """Write records (key -> (data JSON, content hash, row number, input hash)). Shared with
-    promotion."""
-    if not writes:
-        return
-    keys = list(writes)
-    values = list(writes.values())
-    await conn.execute(
-        UPSERT_RECORDS,
-        collection,
-        source_id,
-        run_id,
-        keys,
-        [v[0] for v in values],
-        [v[1] for v in values],
-        [v[2] for v in values],
-        [v[3] for v in values],
-    )
 
 
 # What applying or failing a chunk needs of its ledger row (aliased `c`).
@@ -497,20 +374,12 @@ async def _apply(
     run: asyncpg.Record,
     in_file: bool,
 ) -> bool:
-    plan = await _plan(conn, raws, definition, run_id, run, in_file)
+    table = await Table.load(conn, definition.collection, definition.fields)
+    plan = await _plan(conn, table, raws, definition, run_id, run, in_file)
     if not run["dry_run"]:
-        await write_records(
-            conn, definition.collection, run["source_id"], run_id, plan.writes, plan.new
-        )
+        await table.write(conn, run["source_id"], run_id, plan.writes, plan.new)
         if plan.touched:
-            await conn.execute(
-                "UPDATE records SET last_run_id = $1 WHERE collection = $2 "
-                "AND key = ANY($3::text[]) AND ($4::int IS NULL OR source_id = $4::int)",
-                run_id,
-                definition.collection,
-                plan.touched,
-                run["source_id"],
-            )
+            await table.touch(conn, plan.touched, run["source_id"], run_id)
         if plan.staged:
             from app.items.staging import stage_rows
 
@@ -530,6 +399,7 @@ async def _apply(
 
 async def _plan(
     conn: asyncpg.Connection,
+    table: Table,
     raws: list[RawRow],
     definition: ImporterDefinition,
     run_id: int,
@@ -542,10 +412,11 @@ async def _plan(
     # record need no validation (prepare.py).
     hashed = validator.hashes(raws)
     looked_up = {h[0] for h in hashed if h is not None and h[0] is not None}
-    existing = await fetch_existing(conn, definition, list(looked_up))
+    compare = definition.compare_field
+    existing = await table.known(conn, list(looked_up), compare)
     keyed = validator.keys(raws, hashed, existing)
     computed = {k[0] for k in keyed if k is not None} - looked_up
-    existing.update(await fetch_existing(conn, definition, list(computed)))
+    existing.update(await table.known(conn, list(computed), compare))
     looked_up |= computed
     # A run for a source changes only that source's records: the others' rows are validated
     # (never taken as unchanged) and then fail.
@@ -556,7 +427,7 @@ async def _plan(
     rows, unchanged = validator.validate(raws, keyed, own)
     if definition.action != "append":
         rest = {r.key for r in rows if r.key is not None and r.key not in looked_up}
-        existing.update(await fetch_existing(conn, definition, list(rest)))
+        existing.update(await table.known(conn, list(rest), compare))
     stage = definition.approval == "manual" or run["approval_mode"] == "manual"
     foreign: dict[str, str] = {}
     if source_id is not None:
@@ -582,6 +453,7 @@ async def _plan(
         unchanged=unchanged,
         columns=run["columns"] or (),
         foreign=foreign,
+        comparable=partial(table.value, compare) if compare else lambda value: value,
     )
 
 

@@ -15,6 +15,7 @@ conflicts. Importers sharing a collection must agree on its key, which the `coll
 table keeps.
 """
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +48,12 @@ _WIDENS = {
     *((scalar, "text") for scalar in _SCALARS),
 }
 
-SYSTEM_COLUMNS = """
+# Record ids come from one sequence, so that an id names one record whatever its collection
+# (items link the record they became, duplicate markers the records they match).
+RECORD_IDS = "public.record_ids"
+
+SYSTEM_COLUMNS = f"""
+    "_id" bigint NOT NULL DEFAULT nextval('{RECORD_IDS}') UNIQUE,
     "_key" text COLLATE "C" PRIMARY KEY,
     "_content_hash" text NOT NULL,
     "_input_hash" text,
@@ -55,8 +61,24 @@ SYSTEM_COLUMNS = """
     "_last_run_id" bigint,
     "_last_row_number" bigint,
     "_created_at" timestamp with time zone NOT NULL DEFAULT now(),
-    "_updated_at" timestamp with time zone NOT NULL DEFAULT now()
+    "_updated_at" timestamp with time zone NOT NULL DEFAULT now(),
+    "_extra" jsonb
 """
+# `_extra`: values a column could not hold, by field (records moved from the old JSON store
+# whose data did not fit the fields, or promoted items whose data has fields the table has
+# not). Null for a record that fits.
+SYSTEM = (
+    "_id",
+    "_key",
+    "_content_hash",
+    "_input_hash",
+    "_source_id",
+    "_last_run_id",
+    "_last_row_number",
+    "_created_at",
+    "_updated_at",
+    "_extra",
+)
 
 
 def quoted(name: str) -> str:
@@ -121,6 +143,7 @@ async def ensure_table(session: AsyncSession, definition: ImporterDefinition) ->
             for name, spec in definition.fields.items()
         )
         await session.execute(text(f"CREATE TABLE {table} ({SYSTEM_COLUMNS}{fields})"))
+        await _index_title(session, definition, table)
         return
     for change in changes(columns, definition):
         column = quoted(change.column)
@@ -133,6 +156,28 @@ async def ensure_table(session: AsyncSession, definition: ImporterDefinition) ->
             )
         else:
             await session.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {change.type}"))
+    await _index_title(session, definition, table)
+
+
+def title_index(collection: str, column: str) -> str:
+    """The trigram index of a title column: named by a digest, as names are limited to 63
+    bytes."""
+    digest = hashlib.md5(f"{collection}\x1f{column}".encode()).hexdigest()[:16]
+    return quoted(f"{collection[:40]}_trgm_{digest}")
+
+
+async def _index_title(session: AsyncSession, definition: ImporterDefinition, table: str) -> None:
+    """A trigram index on the title field's column: near-duplicate markers compare an item's
+    title with the collection's records by it."""
+    title = definition.title_field
+    if title is None or COLUMN_TYPES[definition.fields[title].type] != "text":
+        return
+    name = title_index(definition.collection, title)
+    await session.execute(
+        text(
+            f"CREATE INDEX IF NOT EXISTS {name} ON {table} USING gin ({quoted(title)} gin_trgm_ops)"
+        )
+    )
 
 
 async def _check_key(session: AsyncSession, collection: str, key: list[str] | None) -> None:

@@ -15,6 +15,8 @@ from tests.auth.routes import ROUTES, Param, RouteCase
 
 # Path ids of int8 columns (see the migrations); every other id column is int4.
 INT8_IDS = {"item_id"}
+# Query integers of int8 columns: `after` is a record id.
+INT8_QUERY = {"after"}
 # Beyond int4, beyond int8, and below both.
 OUT_OF_RANGE = [2**31, 2**63, -(2**63) - 1]
 
@@ -48,10 +50,10 @@ async def test_an_id_in_the_path_beyond_its_column_is_an_unknown_id(
 
 
 @pytest.mark.parametrize(("case", "param"), _cases("query", "int"), ids=_id)
-async def test_an_integer_in_the_query_beyond_int4_is_a_422_naming_it(
+async def test_an_integer_in_the_query_beyond_its_column_is_a_422_naming_it(
     client: httpx.AsyncClient, admin_headers: dict[str, str], case: RouteCase, param: Param
 ) -> None:
-    for value in OUT_OF_RANGE:
+    for value in OUT_OF_RANGE[1:] if param.name in INT8_QUERY else OUT_OF_RANGE:
         response = await client.request(
             case.method, case.url, params={param.name: value}, headers=admin_headers
         )

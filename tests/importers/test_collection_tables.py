@@ -76,6 +76,7 @@ async def test_the_first_importer_of_a_collection_makes_its_table_with_a_typed_c
     }
     system = {name for name in found if name.startswith("_")}
     assert system == {
+        "_id",
         "_key",
         "_content_hash",
         "_input_hash",
@@ -84,6 +85,7 @@ async def test_the_first_importer_of_a_collection_makes_its_table_with_a_typed_c
         "_last_row_number",
         "_created_at",
         "_updated_at",
+        "_extra",
     }
     async with session_factory() as session:
         primary = await session.scalar(
@@ -271,7 +273,7 @@ async def test_the_migration_renames_collections_that_cannot_name_a_table(
                     "VALUES ('People-List', 'a@example.com', '{}', 'h')"
                 )
             )
-        await asyncio.to_thread(migrate.upgrade, url, "head")
+        await asyncio.to_thread(migrate.upgrade, url, "0011")
         async with engine.connect() as conn:
             definition = await conn.scalar(text("SELECT definition FROM importers"))
             collections = (await conn.execute(text("SELECT collection, key FROM records"))).all()

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.db import unit_of_work
 from app.items.models import Item
-from app.pipeline.writer import content_hash
+from app.records.store import content_hash
 from app.sources.models import Source
 from tests.conftest import CreateImporter, MakeToken
 

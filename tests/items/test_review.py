@@ -19,6 +19,7 @@ from tests.items.conftest import (
     PushImporter,
     bearer,
     count,
+    example,
 )
 
 ALLOWED = {
@@ -290,9 +291,40 @@ async def test_promote_writes_the_record_through_the_writer(
     assert record.status_code == 200, record.text
     record_data = record.json()["data"]
     assert record_data["id"] == item["record_id"]
-    assert record_data["data"] == data
+    # The record has every column of the collection; the item gave four.
+    assert record_data["data"] == {**dict.fromkeys(example("event")["fields"]), **data}
     assert record_data["source_id"] == source_id
     assert record_data["content_hash"] == item["content_hash"]
+
+
+async def test_promoted_data_the_table_has_no_column_for_is_kept_with_the_record(
+    client: httpx.AsyncClient,
+    make_item: MakeItem,
+    curator_headers: Headers,
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    data = {
+        "external_id": "ev-7",
+        "source_url": "https://feed.example.test/feed",
+        "title": "Harbour lights",
+        "starts_at": "2026-06-01T19:00:00+00:00",
+        "price": "free",  # not a number
+        "mood": "festive",  # no such field
+    }
+    item_id = await make_item("approved", data=data, run_id=None)
+    response = await client.post(f"{PREFIX}/items/{item_id}/promote", headers=curator_headers)
+    assert response.status_code == 200, response.text
+    key = "https://feed.example.test/feed|ev-7"
+    record = (await client.get(f"{PREFIX}/records/events/{key}", headers=curator_headers)).json()
+    assert record["data"]["data"] == {**dict.fromkeys(example("event")["fields"]), **data}
+    async with session_factory() as session:
+        price, extra = (
+            await session.execute(
+                text("SELECT price, _extra FROM ingest_data.events WHERE _key = :key"),
+                {"key": key},
+            )
+        ).one()
+    assert (price, extra) == (None, {"price": "free", "mood": "festive"})
 
 
 async def test_promote_updates_an_existing_record(

@@ -158,6 +158,39 @@ async def test_auto_approval_writes_records_and_manual_sources_stage(
     assert (item["external_id"], item["status"], item["source_id"]) == ("ev-2", "pending", 2)
 
 
+async def test_an_item_is_marked_near_a_record_the_pipeline_wrote_by_its_title(
+    client: httpx.AsyncClient,
+    push_importer: PushImporter,
+    make_source: MakeSource,
+    agent_headers: HeadersFor,
+    push: Push,
+    run_worker: RunWorker,
+    curator_headers: Headers,
+) -> None:
+    """Records written by a run (no review) are matched by the title column of their table."""
+    await push_importer("event", approval="auto")
+    trusted = await agent_headers(await make_source("trusted"))
+    reviewed = await agent_headers(await make_source("reviewed", approval_mode="manual"))
+    title = "Lisbon Summer Jazz Festival"
+    await push(
+        "event", [event(1, source="https://trusted.example.test/feed", title=title)], trusted
+    )
+    await run_worker()
+    [record] = (await client.get(f"{PREFIX}/records/events", headers=curator_headers)).json()[
+        "data"
+    ]
+    await push(
+        "event",
+        [event(2, source="https://reviewed.example.test/feed", title=f"{title} 2026")],
+        reviewed,
+    )
+    await run_worker()
+    [item] = await items_of(client, curator_headers)
+    [marker] = item["duplicates"]
+    assert (marker["kind"], marker["match"], marker["id"]) == ("near", "record", record["id"])
+    assert 0.6 < marker["score"] < 1
+
+
 TIP = {
     "slug": "tip",
     "collection": "tips",

@@ -121,4 +121,4 @@ async def test_agent_pushes_500_items_and_a_curator_reviews_them(
         assert [item["id"] for item in listed.json()["data"]] == chosen
     # Staging events for 500 items, then 2 per promotion and 1 per other decision.
     assert await count(session_factory, "SELECT count(*) FROM item_events") == 500 + 20 + 10
-    assert await count(session_factory, "SELECT count(*) FROM records") == 10
+    assert await count(session_factory, "SELECT count(*) FROM ingest_data.events") == 10

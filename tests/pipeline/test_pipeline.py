@@ -10,6 +10,7 @@ from app.runs.models import Run
 from app.runs.service import to_resource
 from tests.conftest import CreateImporter, RunWorker, Upload
 from tests.factories import USER_FIELDS
+from tests.records.stored import stored_data
 
 API = "/api/v1/ingest"
 
@@ -32,11 +33,7 @@ async def scalar(factory: async_sessionmaker[AsyncSession], sql: str, **params: 
 
 
 async def records(factory: async_sessionmaker[AsyncSession], collection: str) -> dict[str, Any]:
-    async with factory() as session:
-        rows = await session.execute(
-            text("SELECT key, data FROM records WHERE collection = :c"), {"c": collection}
-        )
-        return {key: data for key, data in rows}
+    return await stored_data(factory, collection)
 
 
 async def session_execute(
@@ -179,7 +176,7 @@ async def test_a_resent_row_is_unchanged_by_its_input_until_the_importer_changes
     await upload("users", USERS_CSV)
     await run_worker()
     hashes = await scalar(
-        session_factory, "SELECT count(DISTINCT input_hash) FROM records WHERE collection = 'users'"
+        session_factory, "SELECT count(DISTINCT _input_hash) FROM ingest_data.users"
     )
     assert hashes == 3
 
@@ -489,22 +486,24 @@ async def test_new_records_created_meanwhile_by_another_chunk_are_upserted(
     """New keys are written by COPY; when another transaction created one of them since the
     chunk was planned, the COPY fails under a savepoint and the upsert writes them all."""
     from app.core.db import raw_connection, unit_of_work
-    from app.pipeline.writer import write_records
+    from app.records.store import Table, Write
+    from app.records.tables import SYSTEM_COLUMNS
 
-    writes = {
-        "a": ('{"n": 1}', "h1", 1, None),
-        "b": ('{"n": 2}', "h2", 2, None),
-    }
+    await session_execute(
+        session_factory, f"CREATE TABLE ingest_data.things ({SYSTEM_COLUMNS}, n bigint)"
+    )
+    table = Table("things", {"n": "bigint"}, ["n"])
+    writes = {"a": Write({"n": 1}, "h1", 1, None), "b": Write({"n": 2}, "h2", 2, None)}
     async with unit_of_work(session_factory) as session:
         conn = await raw_connection(session)
-        await write_records(conn, "things", None, 1, {"a": writes["a"]}, {"a"})
+        await table.write(conn, None, 1, {"a": writes["a"]}, {"a"})
     async with unit_of_work(session_factory) as session:
         conn = await raw_connection(session)
-        await write_records(conn, "things", None, 2, writes, {"a", "b"})  # "a" exists now
-        assert await conn.fetchval("SELECT count(*) FROM records") == 2
+        await table.write(conn, None, 2, writes, {"a", "b"})  # "a" exists now
+        assert await conn.fetchval("SELECT count(*) FROM ingest_data.things") == 2
     stored = await records(session_factory, "things")
     assert stored == {"a": {"n": 1}, "b": {"n": 2}}
     last_runs = await scalar(
-        session_factory, "SELECT array_agg(last_run_id ORDER BY key) FROM records"
+        session_factory, "SELECT array_agg(_last_run_id ORDER BY _key) FROM ingest_data.things"
     )
     assert last_runs == [2, 2]

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
 from app.pipeline import writer
+from app.records.store import Table
 from tests.conftest import CreateImporter, RunWorker, Upload
 from tests.pipeline.test_pipeline import USER_FIELDS, records, run_of
 from tests.worker.processes import start_worker, wait_for, workers
@@ -212,9 +213,7 @@ async def test_a_worker_killed_mid_run_loses_no_row_and_doubles_no_count(
         "skipped": 0,
     }
     async with session_factory() as session:
-        count = await session.scalar(
-            text("SELECT count(*) FROM records WHERE collection = 'users'")
-        )
+        count = await session.scalar(text("SELECT count(*) FROM ingest_data.users"))
         logged = await session.scalar(
             text("SELECT count(*) FROM run_rows WHERE run_id = :id"), {"id": run_id}
         )
@@ -371,16 +370,18 @@ async def test_the_later_row_of_a_key_wins_over_an_earlier_one_committed_while_i
     run_id = (await upload("users", csv)).json()["data"]["id"]
     await splitter.split_run(session_factory, queue, settings, run_id)
 
-    fetch, meanwhile = writer.fetch_existing, []
+    known, meanwhile = Table.known, []
 
-    async def fetch_then_apply_the_first_chunk(conn: Any, definition: Any, keys: Any) -> Any:
-        found = await fetch(conn, definition, keys)
+    async def look_then_apply_the_first_chunk(
+        table: Table, conn: Any, keys: Any, compare: Any = None
+    ) -> Any:
+        found = await known(table, conn, keys, compare)
         if "ada@example.com" in keys and not meanwhile:
             meanwhile.append(0)
             await writer.apply_chunk(session_factory, settings.storage_dir, run_id, 0)
         return found
 
-    monkeypatch.setattr(writer, "fetch_existing", fetch_then_apply_the_first_chunk)
+    monkeypatch.setattr(Table, "known", look_then_apply_the_first_chunk)
     await writer.apply_chunk(session_factory, settings.storage_dir, run_id, 1)
     assert meanwhile == [0]
     assert (await records(session_factory, "users"))["ada@example.com"]["age"] == 37

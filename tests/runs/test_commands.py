@@ -282,7 +282,7 @@ async def test_import_copies_the_file_into_storage_and_starts_a_run(
     await run_worker()
     run = await fetch_run(session_factory, run_id)
     assert run.status == "completed" and run.successful == 2
-    keys = await sql(session_factory, "SELECT key FROM records ORDER BY key")
+    keys = await sql(session_factory, "SELECT _key FROM ingest_data.users ORDER BY _key")
     assert [k for (k,) in keys] == ["ada@example.com", "alan@example.com"]
 
 
@@ -306,7 +306,7 @@ async def test_import_wait_shows_the_bar_and_ends_with_the_summary(
     assert "file       users.csv (cli, dry run)" in out
     assert "summary    created 2," in out
     assert (await fetch_run(session_factory, run_id)).dry_run is True
-    assert await sql(session_factory, "SELECT key FROM records") == []
+    assert await sql(session_factory, "SELECT _key FROM ingest_data.users") == []
 
 
 @pytest.mark.usefixtures("users_importer")
@@ -437,7 +437,7 @@ async def test_prune_removes_row_logs_chunks_and_files_of_old_runs_only(
     # The run and the records it wrote stay.
     pruned = await fetch_run(session_factory, old)
     assert pruned.status == "completed_with_errors" and pruned.file_key is None
-    assert len(await sql(session_factory, "SELECT key FROM records")) == 4
+    assert len(await sql(session_factory, "SELECT _key FROM ingest_data.users")) == 4
 
     again = await ingest("prune", "--days", "30")
     assert again.stdout.strip().startswith("nothing to prune")

@@ -75,7 +75,9 @@ async def test_retry_processes_only_the_failed_rows_through_the_same_importer(
     assert [row["row_number"] for row in run["rows"]] == DEFECT_ROWS
     assert await row_numbers(session_factory, retry["id"], "success") == [9]
     assert run["summary"]["created"] == 1
-    records = await sql(session_factory, "SELECT key, last_run_id FROM records ORDER BY key")
+    records = await sql(
+        session_factory, "SELECT _key, _last_run_id FROM ingest_data.users ORDER BY _key"
+    )
     # The parent's good rows were not written again.
     assert [tuple(r) for r in records] == [
         ("ada@example.com", parent_id),
@@ -128,7 +130,7 @@ async def test_retry_as_a_dry_run_writes_nothing(
     await run_worker()
     run = await fetch_run(session_factory, response.json()["data"]["id"])
     assert run.summary is not None and run.summary["created"] == 1
-    keys = await sql(session_factory, "SELECT key FROM records ORDER BY key")
+    keys = await sql(session_factory, "SELECT _key FROM ingest_data.users ORDER BY _key")
     assert [k for (k,) in keys] == ["ada@example.com", "dup@example.com"]
 
 

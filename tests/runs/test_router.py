@@ -363,7 +363,7 @@ async def test_cancel_a_pending_run_ends_it_before_it_starts(
     await run_worker()  # the split job finds the run finished and does nothing
     run = (await client.get(f"{API}/{run_id}", headers=admin_headers)).json()["data"]
     assert run["status"] == "cancelled" and run["progress"]["processed"] == 0
-    assert await sql(session_factory, "SELECT key FROM records") == []
+    assert await sql(session_factory, "SELECT _key FROM ingest_data.users") == []
 
 
 async def test_cancel_a_processing_run_skips_its_pending_chunks(
@@ -390,7 +390,7 @@ async def test_cancel_a_processing_run_skips_its_pending_chunks(
     run = await fetch_run(session_factory, run_id)
     assert run.status == "cancelled"
     assert run.successful == 0
-    assert await sql(session_factory, "SELECT key FROM records") == []
+    assert await sql(session_factory, "SELECT _key FROM ingest_data.users") == []
     chunks = await sql(
         session_factory, "SELECT status FROM run_chunks WHERE run_id = :id", id=run_id
     )
