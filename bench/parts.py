@@ -40,10 +40,11 @@ def best_of(step: Callable[[], object], rows: int) -> float:
 def python_steps(path: Path) -> tuple[list[tuple[str, float]], list[Any], list[Any]]:
     """Per-row CPU of each step, and the first upload's and the re-upload's plans."""
     from app.importers.schemas import ImporterDefinition
-    from app.pipeline.prepare import ChunkValidator, Known
+    from app.pipeline.prepare import ChunkValidator
     from app.pipeline.readers.csv_reader import open_csv, read_slice, slice_of
     from app.pipeline.splitter import Splitter
-    from app.pipeline.writer import canonical, plan_chunk
+    from app.pipeline.writer import plan_chunk
+    from app.records.store import Known, canonical
 
     importer = ImporterDefinition.model_validate(definition("parts", "all", 1000))
     with open_csv(path) as table:
@@ -120,7 +121,13 @@ def python_steps(path: Path) -> tuple[list[tuple[str, float]], list[Any], list[A
 
 async def postgres_steps(url: str, first: list[Any], again: list[Any]) -> list[tuple[str, Any]]:
     """Per row: (wall us, backend CPU us or None) of each statement a chunk sends."""
-    from app.pipeline.writer import RECORD_COLUMNS, ROW_LOG_COLUMNS
+    from app.importers.schemas import ImporterDefinition
+    from app.pipeline.writer import ROW_LOG_COLUMNS
+    from app.records.store import Table
+    from app.records.tables import COLUMN_TYPES, SYSTEM_COLUMNS, quoted
+
+    importer = ImporterDefinition.model_validate(definition("parts", "all", 1000))
+    fields = {name: COLUMN_TYPES[spec.type] for name, spec in importer.fields.items()}
 
     conn = await asyncpg.connect(url)
     backend = None
@@ -142,34 +149,30 @@ async def postgres_steps(url: str, first: list[Any], again: list[Any]) -> list[t
         total = totals.setdefault(name, [0.0, 0.0, 0])
         total[0], total[1], total[2] = total[0] + wall, total[1] + spent, total[2] + rows
 
-    lookup = (
-        "SELECT key, content_hash, input_hash FROM records "
-        "WHERE collection = $1 AND key = ANY($2::text[])"
-    )
+    columns = "".join(f", {quoted(name)} {kind}" for name, kind in fields.items())
+    table = Table("parts", fields, fields)
     try:
-        await conn.execute("TRUNCATE records, run_rows")
+        await conn.execute(
+            f"DROP TABLE IF EXISTS ingest_data.parts; "
+            f"CREATE TABLE ingest_data.parts ({SYSTEM_COLUMNS}{columns})"
+        )
+        await conn.execute("TRUNCATE run_rows")
         await conn.execute("CHECKPOINT")
         for plan in first:
             keys = list(plan.writes)
-            await timed("look up keys, none there", len(keys), conn.fetch(lookup, "p", keys))
-            created = [
-                ("p", key, data, digest, given, None, 1, row)
-                for key, (data, digest, row, given) in plan.writes.items()
-            ]
+            await timed("look up keys, none there", len(keys), table.known(conn, keys))
             await timed(
-                "COPY new records",
-                len(created),
-                conn.copy_records_to_table("records", records=created, columns=RECORD_COLUMNS),
+                "COPY new records", len(keys), table.write(conn, None, 1, plan.writes, keys)
             )
             await timed(
                 "COPY the row log (log_rows: all)",
                 len(plan.log),
                 conn.copy_records_to_table("run_rows", records=plan.log, columns=ROW_LOG_COLUMNS),
             )
-        await conn.execute("VACUUM ANALYZE records")
+        await conn.execute("VACUUM ANALYZE ingest_data.parts")
         for plan in again:
             keys = [entry[4] for entry in plan.log if entry[4] is not None]
-            await timed("look up keys, all there", len(keys), conn.fetch(lookup, "p", keys))
+            await timed("look up keys, all there", len(keys), table.known(conn, keys))
         client = time.process_time()
         for _ in range(1000):
             trip = conn.execute("SELECT 1")

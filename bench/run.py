@@ -60,7 +60,8 @@ FIELDS = {
 ALL, FAILED = "bench-users", "bench-users-failed"  # the importers: log_rows all / failed
 VERDICT = {True: "met", False: "MISSED", None: "(no target)"}
 CPU_ROLES = ("worker", "api", "postgres")
-TRUNCATE = "TRUNCATE records, run_rows, run_chunks, runs, idempotency_keys CASCADE"
+TABLE = "ingest_data.bench_users"  # the importers' collection table
+TRUNCATE = f"TRUNCATE {TABLE}, run_rows, run_chunks, runs, idempotency_keys CASCADE"
 
 
 def plain(url: str, database: str | None = None) -> str:
@@ -166,7 +167,7 @@ async def settle(url: str, *, truncate: bool) -> None:
         if truncate:
             await conn.execute(TRUNCATE)
         else:
-            await conn.execute("VACUUM (ANALYZE) records, run_rows, run_chunks, runs")
+            await conn.execute(f"VACUUM (ANALYZE) {TABLE}, run_rows, run_chunks, runs")
         with contextlib.suppress(asyncpg.PostgresError):
             await conn.execute("CHECKPOINT")
     finally:
