@@ -2,19 +2,17 @@
 
 from typing import Annotated, Any, Literal
 
-from arq import ArqRedis
 from fastapi import APIRouter, Body, Depends, Query, Request, status
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.concurrency import run_in_threadpool
 
 from app.auth.dependencies import Principal, require
 from app.auth.permissions import CREATE, REVIEW, VIEW
-from app.core.deps import QueueDep, SessionDep, SettingsDep, after_commit
+from app.core.deps import SessionDep, SettingsDep, split_after_commit
 from app.core.errors import error_responses
 from app.core.idempotency import IdempotencyDep, fingerprint
 from app.core.pagination import One, Page, PageParams, page_params, paginate
 from app.core.params import ItemId, QueryInt
-from app.core.queue import enqueue_quietly, enqueue_split
 from app.items import hooks, payload, service
 from app.items.models import Item
 from app.items.schemas import (
@@ -71,7 +69,6 @@ async def push_items(
     type: str,
     request: Request,
     session: SessionDep,
-    queue: QueueDep,
     settings: SettingsDep,
     principal: Annotated[Principal, Depends(require(CREATE))],
     idempotency: IdempotencyDep,
@@ -118,13 +115,8 @@ async def push_items(
     except BaseException:
         payload.discard(settings.storage_dir, stored)
         raise
-    run_id = run.id
-    after_commit(request, lambda: _start(queue, run_id))
+    split_after_commit(request, run.id)
     return result
-
-
-async def _start(queue: ArqRedis, run_id: int) -> None:
-    await enqueue_quietly(enqueue_split, queue, run_id)
 
 
 @router.get("", response_model=Page[ItemOut])

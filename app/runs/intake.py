@@ -6,11 +6,10 @@ from fastapi import APIRouter, Body, Depends, Request, status
 
 from app.auth.dependencies import Principal, require
 from app.auth.permissions import CREATE
-from app.core.deps import QueueDep, SessionDep, SettingsDep, after_commit
+from app.core.deps import SessionDep, SettingsDep, split_after_commit
 from app.core.errors import UnsupportedMediaType, ValidationFailed, error_responses
 from app.core.idempotency import IdempotencyDep, fingerprint
 from app.core.pagination import One
-from app.core.queue import enqueue_quietly, enqueue_split
 from app.core.uploads import receive_upload
 from app.importers import service as importers
 from app.pipeline.readers import ReadError, check_format
@@ -59,7 +58,6 @@ async def upload(
     importer: str,
     request: Request,
     session: SessionDep,
-    queue: QueueDep,
     settings: SettingsDep,
     principal: Annotated[Principal, Depends(require(CREATE))],
     idempotency: IdempotencyDep,
@@ -98,7 +96,7 @@ async def upload(
         raise
     result = {"data": service.to_resource(run)}
     await idempotency.save(session, principal.token_id, request_hash, 202, result)
-    after_commit(request, lambda: _start(queue, run.id))
+    split_after_commit(request, run.id)
     return result
 
 
@@ -112,7 +110,6 @@ async def trigger(
     importer: str,
     request: Request,
     session: SessionDep,
-    queue: QueueDep,
     principal: Annotated[Principal, Depends(require(CREATE))],
     idempotency: IdempotencyDep,
     body: Annotated[TriggerIn | None, Body()] = None,
@@ -140,9 +137,5 @@ async def trigger(
     )
     result = {"data": service.to_resource(run)}
     await idempotency.save(session, principal.token_id, request_hash, 202, result)
-    after_commit(request, lambda: _start(queue, run.id))
+    split_after_commit(request, run.id)
     return result
-
-
-async def _start(queue: Any, run_id: int) -> None:
-    await enqueue_quietly(enqueue_split, queue, run_id)

@@ -12,12 +12,11 @@ from pydantic import BaseModel
 
 from app.auth.dependencies import Principal, require
 from app.auth.permissions import CREATE, VIEW
-from app.core.deps import QueueDep, SessionDep, SettingsDep, after_commit
+from app.core.deps import SessionDep, SettingsDep, split_after_commit
 from app.core.errors import error_responses
 from app.core.idempotency import IdempotencyDep, fingerprint
 from app.core.pagination import One, Page, PageParams, page_params, paginate
 from app.core.params import RunId
-from app.core.queue import enqueue_quietly, enqueue_split
 from app.runs import service
 from app.runs.schemas import RetryIn, RowOut, RunListItemOut, RunOut
 
@@ -123,7 +122,6 @@ async def retry_run(
     run: RunId,
     request: Request,
     session: SessionDep,
-    queue: QueueDep,
     principal: Annotated[Principal, Depends(require(CREATE))],
     idempotency: IdempotencyDep,
     body: Annotated[RetryIn | None, Body()] = None,
@@ -145,12 +143,7 @@ async def retry_run(
     )
     result = {"data": service.to_resource(created)}
     await idempotency.save(session, principal.token_id, request_hash, 202, result)
-    run_id = created.id
-
-    async def start() -> None:
-        await enqueue_quietly(enqueue_split, queue, run_id)
-
-    after_commit(request, start)
+    split_after_commit(request, created.id)
     return result
 
 

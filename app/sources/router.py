@@ -2,18 +2,16 @@
 
 from typing import Annotated, Any, Literal
 
-from arq import ArqRedis
 from fastapi import APIRouter, Body, Depends, Query, Request, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.dependencies import Principal, require
 from app.auth.permissions import ADMIN, CREATE, VIEW
-from app.core.deps import QueueDep, SessionDep, after_commit
+from app.core.deps import SessionDep, split_after_commit
 from app.core.errors import error_responses
 from app.core.idempotency import Idempotency, IdempotencyDep, fingerprint
 from app.core.pagination import One, Page, PageParams, page_params, paginate
 from app.core.params import SourceId
-from app.core.queue import enqueue_quietly, enqueue_split
 from app.runs import service as runs_service
 from app.sources import service
 from app.sources.schemas import (
@@ -147,7 +145,6 @@ async def resume_source(
 async def _sync(
     request: Request,
     session: AsyncSession,
-    queue: ArqRedis,
     principal: Principal,
     idempotency: Idempotency,
     source_id: int,
@@ -173,13 +170,7 @@ async def _sync(
     # Stored as the response model renders it, so a replay is the same document.
     result = {"data": SyncOut.model_validate(data).model_dump(mode="json")}
     await idempotency.save(session, principal.token_id, request_hash, 202, result)
-    run_ids = [run.id for run in runs]
-
-    async def start() -> None:
-        for run_id in run_ids:
-            await enqueue_quietly(enqueue_split, queue, run_id)
-
-    after_commit(request, start)
+    split_after_commit(request, *(run.id for run in runs))
     return result
 
 
@@ -193,12 +184,11 @@ async def sync_source(
     source_id: SourceId,
     request: Request,
     session: SessionDep,
-    queue: QueueDep,
     principal: AdminDep,
     idempotency: IdempotencyDep,
 ) -> Any:
     """Start a run of every URL importer of the source now."""
-    return await _sync(request, session, queue, principal, idempotency, source_id, initial=False)
+    return await _sync(request, session, principal, idempotency, source_id, initial=False)
 
 
 @router.post(
@@ -211,12 +201,11 @@ async def import_source(
     source_id: SourceId,
     request: Request,
     session: SessionDep,
-    queue: QueueDep,
     principal: AdminDep,
     idempotency: IdempotencyDep,
 ) -> Any:
     """Initial import: run every URL importer of the source and mark the source active."""
-    return await _sync(request, session, queue, principal, idempotency, source_id, initial=True)
+    return await _sync(request, session, principal, idempotency, source_id, initial=True)
 
 
 @router.post(
