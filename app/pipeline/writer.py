@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.core.db import json_dumps, raw_connection, unit_of_work
 from app.core.storage import path_for
 from app.importers.schemas import ImporterDefinition
+from app.items.staging import foreign_open_keys, stage_rows
 from app.pipeline import lifecycle
 from app.pipeline.chunks import (
     ChunkRow,
@@ -381,8 +382,6 @@ async def _apply(
         if plan.touched:
             await table.touch(conn, plan.touched, run["source_id"], run_id)
         if plan.staged:
-            from app.items.staging import stage_rows
-
             await stage_rows(
                 conn,
                 run_id=run_id,
@@ -435,8 +434,6 @@ async def _plan(
             if known.source_id != source_id:
                 foreign[key] = FOREIGN_RECORD.format(key=key, source=source_id)
         if stage:
-            from app.items.staging import foreign_open_keys
-
             keys = [r.key for r in rows if r.key is not None and r.key not in foreign]
             for key in await foreign_open_keys(conn, definition.slug, keys, source_id):
                 foreign[key] = FOREIGN_ITEM.format(key=key, source=source_id)

@@ -129,6 +129,7 @@ _CONVERT: dict[str, Callable[[Any], Any]] = {
     "text[]": _list,
     "jsonb": _json_text,
 }
+_EXACT: dict[str, type] = {"text": str, "bigint": int, "double precision": float, "boolean": bool}
 # How a column travels in the upsert's unnest: lists as JSON (arrays of arrays must be
 # rectangular), the rest as arrays of their own type.
 _UNNEST_TYPE = {"text[]": "jsonb"}
@@ -167,7 +168,11 @@ class Table:
         self.columns = columns
         self.fields = [field for field in fields if field in columns]
         self._written = frozenset(self.fields)
-        self._convert = [_CONVERT[columns[field]] for field in self.fields]
+        # Per field: the type a value has that its column takes as it is, and the conversion
+        # of any other (the common case costs one type check).
+        self._plan = [
+            (field, _EXACT.get(columns[field]), _CONVERT[columns[field]]) for field in self.fields
+        ]
 
     @classmethod
     async def load(
@@ -193,9 +198,9 @@ class Table:
         """The data's values for `fields`, and what none can hold (as JSON, or None)."""
         values: list[Any] = []
         extra: dict[str, Any] = {}
-        for field, convert in zip(self.fields, self._convert, strict=True):
+        for field, exact, convert in self._plan:
             value = data.get(field)
-            if value is not None:
+            if value is not None and type(value) is not exact:
                 try:
                     value = convert(value)
                 except (TypeError, ValueError, OverflowError):

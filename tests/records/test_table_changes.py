@@ -1,0 +1,74 @@
+"""A collection table changed by an importer while a worker keeps its connections: the
+worker's next runs write the new shape, with no chunk retried for it."""
+
+from typing import Any
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.core.config import Settings
+from tests.conftest import CreateImporter, Upload
+from tests.worker.processes import fetch, start_worker, wait_for, workers
+
+API = "/api/v1/ingest"
+
+
+async def finished(
+    client: httpx.AsyncClient, headers: dict[str, str], run_id: int
+) -> dict[str, Any]:
+    async def done() -> dict[str, Any] | None:
+        run = (await client.get(f"{API}/{run_id}", headers=headers)).json()["data"]
+        return run if run["status"] not in ("pending", "processing") else None
+
+    result: dict[str, Any] = await wait_for(done, f"run {run_id} to finish")
+    return result
+
+
+async def test_a_worker_writes_a_widened_and_grown_table_without_retrying_a_chunk(
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    create_importer: CreateImporter,
+    upload: Upload,
+    settings: Settings,
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    fields: dict[str, Any] = {"name": {"type": "string"}, "score": {"type": "integer"}}
+    await create_importer(slug="people", key=["name"], fields=fields)
+    with workers() as procs:
+        procs.append(start_worker(settings))
+        runs = []
+        first = await upload("people", "name,score\nAda,1\nAlan,2\n")
+        runs.append(await finished(client, admin_headers, first.json()["data"]["id"]))
+
+        # The worker running: widen score (bigint -> double precision), then add a column.
+        # Each time a new key (written by COPY) and a changed one (by the upsert).
+        widened = {**fields, "score": {"type": "number"}}
+        grown = {**widened, "city": {"type": "string"}}
+        for changed, content in (
+            (widened, "name,score\nAlan,2.5\nBob,0.5\n"),
+            (grown, "name,score,city\nAda,1.5,Lisbon\nGrace,3,Oslo\n"),
+        ):
+            definition = {"slug": "people", "key": ["name"], "fields": changed}
+            response = await client.put(
+                f"{API}/importers/people",
+                json={**definition, "collection": "people"},
+                headers=admin_headers,
+            )
+            assert response.status_code == 200, response.text
+            sent = await upload("people", content)
+            runs.append(await finished(client, admin_headers, sent.json()["data"]["id"]))
+
+    assert [run["status"] for run in runs] == ["completed"] * 3
+    attempts = await fetch(
+        session_factory,
+        "SELECT max(attempts) FROM run_chunks WHERE run_id = ANY(:ids)",
+        ids=[run["id"] for run in runs],
+    )
+    assert attempts == [(1,)]
+    listed = (await client.get(f"{API}/records/people", headers=admin_headers)).json()["data"]
+    assert {r["key"]: r["data"] for r in listed} == {
+        "Ada": {"name": "Ada", "score": 1.5, "city": "Lisbon"},
+        "Alan": {"name": "Alan", "score": 2.5, "city": None},
+        "Bob": {"name": "Bob", "score": 0.5, "city": None},
+        "Grace": {"name": "Grace", "score": 3.0, "city": "Oslo"},
+    }
