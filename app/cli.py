@@ -160,6 +160,8 @@ def dev(
             f"try: curl -H 'Authorization: Bearer {token}' "
             f"http://{DEV_HOST}:{port}/api/v1/ingest/importers"
         )
+        if not settings.database_url:  # the embedded server's URL holds no secret
+            typer.echo(f"database: psql {env['INGEST_DATABASE_URL']}")
         typer.echo("Ctrl-C stops everything.\n")
         while not (exited := _exited(children)):
             time.sleep(0.2)
