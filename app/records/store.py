@@ -10,6 +10,7 @@ Every statement runs on the caller's asyncpg connection, inside its transaction.
 """
 
 import hashlib
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -245,6 +246,7 @@ class Table:
         COPY fails whole (under a savepoint) and every record goes through the upsert."""
         new = [key for key in new if key in writes]
         if new:
+            await self._forget_older_shape(conn)
             await conn.execute("SAVEPOINT new_records")
             try:
                 await conn.copy_records_to_table(
@@ -260,6 +262,18 @@ class Table:
                 done = set(new)
                 writes = {key: write for key, write in writes.items() if key not in done}
         await self._upsert(conn, source_id, run_id, writes)
+
+    async def _forget_older_shape(self, conn: asyncpg.Connection) -> None:
+        """asyncpg's COPY encodes rows by the column types of a statement it prepared once per
+        connection and keeps: after an importer changed the table (a column widened), that
+        statement would encode values for the old types. So a connection that saw the
+        table in another shape drops its prepared statements first."""
+        shapes = _SHAPES.setdefault(conn, {})
+        shape = tuple(self.columns.items())
+        if shapes.get(self.name, shape) != shape:
+            await conn.reload_schema_state()
+            shapes.clear()
+        shapes[self.name] = shape
 
     def _copy_rows(
         self, writes: Writes, keys: list[str], source_id: int | None, run_id: int | None
@@ -352,16 +366,13 @@ WHERE (r._last_run_id IS DISTINCT FROM EXCLUDED._last_run_id
         )
 
 
-# The system columns a write sets, in the order the COPY rows and the upsert give them.
-_WRITTEN = (
-    "_key",
-    "_content_hash",
-    "_input_hash",
-    "_source_id",
-    "_last_run_id",
-    "_last_row_number",
-    "_extra",
-)
+# Per connection, the shape (field columns and types) each table had when it last wrote to it.
+_SHAPES: weakref.WeakKeyDictionary[asyncpg.Connection, dict[str, tuple[tuple[str, str], ...]]]
+_SHAPES = weakref.WeakKeyDictionary()
+
+# The system columns a write sets (the rest have defaults), in the order the COPY rows and
+# the upsert give them.
+_WRITTEN = tuple(c for c in SYSTEM if c not in ("_id", "_created_at", "_updated_at"))
 
 
 def _jsonable(value: Any) -> Any:

@@ -3,10 +3,14 @@ worker's next runs write the new shape, with no chunk retried for it."""
 
 from typing import Any
 
+import asyncpg
 import httpx
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
+from app.records.store import Table, Write
+from app.records.tables import SYSTEM_COLUMNS
 from tests.conftest import CreateImporter, Upload
 from tests.worker.processes import fetch, start_worker, wait_for, workers
 
@@ -72,3 +76,27 @@ async def test_a_worker_writes_a_widened_and_grown_table_without_retrying_a_chun
         "Bob": {"name": "Bob", "score": 0.5, "city": None},
         "Grace": {"name": "Grace", "score": 3.0, "city": "Oslo"},
     }
+
+
+async def test_one_connection_copies_into_a_table_widened_since_its_last_copy(
+    settings: Settings,
+) -> None:
+    """The same connection COPYs, the column is widened, it COPYs again: the value lands as
+    the new type holds it (not encoded for the old one)."""
+    url = make_url(settings.require_database_url()).set(drivername="postgresql")
+    conn = await asyncpg.connect(url.render_as_string(hide_password=False))
+    try:
+        await conn.execute(f"CREATE TABLE ingest_data.scores ({SYSTEM_COLUMNS}, score bigint)")
+        before = Table("scores", {"score": "bigint"}, ["score"])
+        async with conn.transaction():
+            await before.write(conn, None, 1, {"a": Write({"score": 1}, "h1", 1, None)}, ["a"])
+        await conn.execute(
+            "ALTER TABLE ingest_data.scores ALTER COLUMN score TYPE double precision"
+        )
+        after = Table("scores", {"score": "double precision"}, ["score"])
+        async with conn.transaction():
+            await after.write(conn, None, 2, {"b": Write({"score": 2.5}, "h2", 1, None)}, ["b"])
+        stored = await conn.fetch("SELECT _key, score FROM ingest_data.scores ORDER BY _key")
+        assert [tuple(row) for row in stored] == [("a", 1.0), ("b", 2.5)]
+    finally:
+        await conn.close()
