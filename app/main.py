@@ -9,8 +9,10 @@ from fastapi import FastAPI
 from app import __version__
 from app.core.config import Settings, get_settings
 from app.core.db import create_engine, create_session_factory
+from app.core.docs import install_docs
 from app.core.errors import install_error_handlers
 from app.core.health import router as health_router
+from app.core.openapi import operation_id
 from app.core.params import RefuseNul
 from app.core.queue import close_queue, create_queue
 from app.routers import api_routers
@@ -30,6 +32,7 @@ TAGS = [
     {"name": "sources", "description": "Ingestion sources and their tokens."},
     {"name": "items", "description": "Agent push and the human review workflow."},
     {"name": "tokens", "description": "Service tokens."},
+    {"name": "workers", "description": "Worker processes and their heartbeats."},
     {"name": "health", "description": "Liveness and readiness probes."},
 ]
 
@@ -57,8 +60,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         openapi_tags=TAGS,
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
+        # /docs and /redoc come from install_docs, with their assets served here, not a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
+    install_docs(app)
     install_error_handlers(app)
     app.add_middleware(RefuseNul)
     app.include_router(health_router)

@@ -14,7 +14,8 @@ from app.core.errors import Unauthenticated, error_responses
 from app.core.pagination import One, Page, PageParams, page_params, paginate
 from app.core.params import TokenId
 
-router = APIRouter(prefix="/tokens", tags=["tokens"], responses=error_responses(401, 403))
+# 422: a parameter out of range, or a NUL anywhere in the query (app/core/params.py).
+router = APIRouter(prefix="/tokens", tags=["tokens"], responses=error_responses(401, 403, 422))
 
 AdminDep = Annotated[Principal, Depends(require(ADMIN))]
 

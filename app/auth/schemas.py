@@ -2,12 +2,21 @@
 
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from typing_extensions import TypeAliasType
 
 from app.auth.permissions import ABILITIES, ROLES
+from app.core.openapi import documented_as
 from app.core.schemas import Int4Id, RequestBody
+
+# ABILITIES and ROLES as OpenAPI enums (tests/core/test_openapi_client.py keeps them equal).
+Ability = TypeAliasType(
+    "Ability", Literal["ingest:view", "ingest:create", "ingest:review", "ingest:admin"]
+)
+Role = TypeAliasType("Role", Literal["admin", "curator", "service", "viewer"])
+TokenStatus = TypeAliasType("TokenStatus", Literal["active", "expired", "revoked"])
 
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
 
@@ -21,11 +30,14 @@ class TokenCreate(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
     name: Annotated[str, Field(min_length=1, max_length=200)]
-    abilities: list[str] = Field(description=f"One or more of {', '.join(ABILITIES)}.")
+    # Checked by the validators below, which word their own messages.
+    abilities: list[Annotated[str, documented_as(Ability)]] = Field(
+        description=f"One or more of {', '.join(ABILITIES)}."
+    )
     user_email: Annotated[str | None, Field(max_length=320)] = Field(
         None, description="The token's user; created when new. Default: the caller."
     )
-    role: str | None = Field(
+    role: Annotated[str | None, documented_as(Role | None)] = Field(
         None, description=f"Role of a new user ({', '.join(ROLES)}); needs user_email."
     )
     source_id: Int4Id | None = Field(None, description="Bind the token to this source.")
@@ -91,18 +103,18 @@ class TokenCreate(RequestBody):
 class TokenUser(BaseModel):
     id: int
     email: str
-    role: str
+    role: Role
 
 
 class TokenOut(BaseModel):
     id: int
     name: str
     prefix: str = Field(description="The token's first characters, to recognise it.")
-    abilities: list[str]
-    effective_abilities: list[str] = Field(
+    abilities: list[Ability]
+    effective_abilities: list[Ability] = Field(
         description="What the token can do now: its abilities ∩ its user's role."
     )
-    status: str = Field(description="active | expired | revoked")
+    status: TokenStatus = Field(description="active | expired | revoked")
     user: TokenUser
     source_id: int | None
     expires_at: datetime | None

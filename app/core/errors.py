@@ -78,9 +78,26 @@ class ErrorBody(BaseModel):
     errors: dict[str, list[str]] | None = None
 
 
+# What each error status means on this API (SPEC §5), as OpenAPI describes it.
+ERROR_DESCRIPTIONS = {
+    400: "Bad request: the body could not be read, or the action does not apply.",
+    401: "Unauthenticated: no bearer token, or an invalid, expired or revoked one.",
+    403: "Forbidden: the token lacks the ability, or acts for another source.",
+    404: "Not found, or not visible to this token.",
+    405: "The method is not served on this path (`Allow` names those that are).",
+    409: "Conflict with the resource's current state.",
+    413: "Too large.",
+    415: "Unsupported file type.",
+    422: "Invalid input: `message` says why, `errors` names the fields.",
+}
+
+
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """Declare error responses on a route so they show in OpenAPI."""
-    return {code: {"model": ErrorBody} for code in codes}
+    return {
+        code: {"model": ErrorBody, "description": ERROR_DESCRIPTIONS.get(code, "Error.")}
+        for code in codes
+    }
 
 
 def error_response(

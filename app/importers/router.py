@@ -6,11 +6,18 @@ from app.auth.dependencies import Principal, require
 from app.auth.permissions import ADMIN, VIEW
 from app.core.deps import SessionDep
 from app.core.errors import error_responses
+from app.core.openapi import documented_as
 from app.core.pagination import One, Page, PageParams, page_params, paginate
 from app.importers import service
-from app.importers.schemas import ImporterOut
+from app.importers.schemas import ImporterDefinition, ImporterOut
 
-router = APIRouter(prefix="/importers", tags=["importers"], responses=error_responses(401, 403))
+# 422: a parameter out of range, or a NUL anywhere in the query (app/core/params.py).
+router = APIRouter(
+    prefix="/importers", tags=["importers"], responses=error_responses(401, 403, 422)
+)
+
+# Parsed by service.parse_definition (its messages name the field), documented as the model.
+DefinitionBody = Annotated[dict[str, Any], documented_as(ImporterDefinition)]
 
 
 @router.get("", response_model=Page[ImporterOut])
@@ -39,12 +46,12 @@ async def show_importer(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=One[ImporterOut],
-    responses=error_responses(400, 422),
+    responses=error_responses(400, 409, 422),
 )
 async def create_importer(
     session: SessionDep,
     principal: Annotated[Principal, Depends(require(ADMIN))],
-    body: Annotated[dict[str, Any], Body(description="An importer definition (SPEC §3).")],
+    body: Annotated[DefinitionBody, Body(description="An importer definition (SPEC §3).")],
 ) -> dict[str, Any]:
     """Create an importer."""
     definition = service.parse_definition(body)
@@ -60,7 +67,7 @@ async def update_importer(
     slug: str,
     session: SessionDep,
     principal: Annotated[Principal, Depends(require(ADMIN))],
-    body: Annotated[dict[str, Any], Body(description="The full importer definition.")],
+    body: Annotated[DefinitionBody, Body(description="The full importer definition.")],
 ) -> dict[str, Any]:
     """Replace an importer's definition."""
     importer = await service.get_by_slug(session, slug, source_id=principal.source_id)

@@ -2,10 +2,11 @@
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from typing_extensions import TypeAliasType, TypedDict
 
 from app.core.schemas import Int4, Int4Id, RequestBody
 from app.core.url_secrets import mask_url
@@ -15,6 +16,17 @@ FieldType = Literal[
 ]
 Transform = Literal["trim", "lower", "upper", "slug", "strip_non_digits"]
 Format = Literal["csv", "xlsx", "json", "ndjson", "auto"]
+# The closed sets of a definition, named so that OpenAPI shows each as one enum (a generated
+# client's enum class). The Literals above stay plain for code that lists them (get_args).
+FieldSpecType = TypeAliasType("FieldSpecType", FieldType)
+FieldTransform = TypeAliasType("FieldTransform", Transform)
+ImporterFormat = TypeAliasType("ImporterFormat", Format)
+SourceType = TypeAliasType("SourceType", Literal["upload", "url", "push"])
+OnDuplicate = TypeAliasType("OnDuplicate", Literal["skip", "update", "fail", "update_if_newer"])
+Action = TypeAliasType("Action", Literal["append", "upsert", "replace"])
+ApprovalMode = TypeAliasType("ApprovalMode", Literal["auto", "manual"])
+LogRows = TypeAliasType("LogRows", Literal["all", "failed"])
+ImporterOrigin = TypeAliasType("ImporterOrigin", Literal["api", "file"])
 SLUG_RE = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
 COLLECTION_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
 
@@ -26,7 +38,7 @@ class Strict(RequestBody):
 class FieldSpec(Strict):
     # `from` is a Python keyword, hence the alias.
     from_: list[str] | None = Field(None, alias="from")
-    type: FieldType = "string"
+    type: FieldSpecType = "string"
     required: bool = False
     min: float | None = None
     max: float | None = None
@@ -38,7 +50,7 @@ class FieldSpec(Strict):
     null_if: list[str] = Field(default_factory=list)
     format: str | None = None
     separator: str = Field(",", min_length=1)
-    transform: list[Transform] = Field(default_factory=list)
+    transform: list[FieldTransform] = Field(default_factory=list)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -73,7 +85,7 @@ class FieldSpec(Strict):
 
 
 class SourceSpec(Strict):
-    type: Literal["upload", "url", "push"] = "upload"
+    type: SourceType = "upload"
     url: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     schedule: str | None = None
@@ -115,20 +127,20 @@ class ImporterDefinition(Strict):
     slug: Annotated[str, Field(min_length=1, max_length=100, pattern=SLUG_RE)]
     name: str = ""
     description: str | None = None
-    format: Format = "auto"
+    format: ImporterFormat = "auto"
     source: SourceSpec = Field(default_factory=SourceSpec)
     source_id: Int4Id | None = None
     # It names the collection's table (app.records.tables).
     collection: Annotated[str, Field(min_length=1, max_length=100)]
     key: list[str] = Field(default_factory=list)
-    on_duplicate: Literal["skip", "update", "fail", "update_if_newer"] = "update"
+    on_duplicate: OnDuplicate = "update"
     compare_field: str | None = None
-    action: Literal["append", "upsert", "replace"] = "upsert"
-    approval: Literal["auto", "manual"] = "auto"
+    action: Action = "upsert"
+    approval: ApprovalMode = "auto"
     strict_headers: bool = False
     chunk_size: int = Field(1000, ge=1, le=50_000)
     failure_threshold: float = Field(100, ge=0, le=100)
-    log_rows: Literal["all", "failed"] = "all"
+    log_rows: LogRows = "all"
     # Review workflow: the field compared for near duplicates, and the item's external id.
     title_field: str | None = None
     external_id_field: str | None = None
@@ -195,12 +207,66 @@ class ImporterDefinition(Strict):
         return data
 
 
+# The definition as the API shows it, ImporterDefinition.public(): optional fields that are
+# not set are left out (not null), source headers are write-only (`has_headers` says whether
+# there are any) and a source url's credentials are masked. Keys as the API spells them.
+FieldSpecOut = TypedDict(
+    "FieldSpecOut",
+    {
+        "from": NotRequired[list[str]],
+        "type": FieldSpecType,
+        "required": bool,
+        "min": NotRequired[float],
+        "max": NotRequired[float],
+        "min_length": NotRequired[int],
+        "max_length": NotRequired[int],
+        "pattern": NotRequired[str],
+        "in": NotRequired[list[Any]],
+        "default": NotRequired[Any],
+        "null_if": list[str],
+        "format": NotRequired[str],
+        "separator": str,
+        "transform": list[FieldTransform],
+    },
+)
+
+
+class SourceSpecOut(TypedDict):
+    type: SourceType
+    url: NotRequired[str]  # credentials masked
+    schedule: NotRequired[str]
+    sheet: NotRequired[str]
+    has_headers: bool
+
+
+class ImporterDefinitionOut(TypedDict):
+    slug: str
+    name: str
+    description: NotRequired[str]
+    format: ImporterFormat
+    source: SourceSpecOut
+    source_id: NotRequired[int]
+    collection: str
+    key: list[str]
+    on_duplicate: OnDuplicate
+    compare_field: NotRequired[str]
+    action: Action
+    approval: ApprovalMode
+    strict_headers: bool
+    chunk_size: int
+    failure_threshold: float
+    log_rows: LogRows
+    title_field: NotRequired[str]
+    external_id_field: NotRequired[str]
+    fields: dict[str, FieldSpecOut]
+
+
 class ImporterOut(BaseModel):
     id: int
     slug: str
     name: str
-    origin: str
+    origin: ImporterOrigin
     source_id: int | None
-    definition: dict[str, Any]
+    definition: ImporterDefinitionOut
     created_at: datetime
     updated_at: datetime

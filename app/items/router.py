@@ -28,7 +28,8 @@ from app.items.schemas import (
 )
 from app.runs import service as runs_service
 
-router = APIRouter(prefix="/items", tags=["items"], responses=error_responses(401, 403))
+# 422: a parameter out of range, or a NUL anywhere in the query (app/core/params.py).
+router = APIRouter(prefix="/items", tags=["items"], responses=error_responses(401, 403, 422))
 
 ViewDep = Annotated[Principal, Depends(require(VIEW))]
 ReviewDep = Annotated[Principal, Depends(require(REVIEW))]

@@ -3,6 +3,7 @@
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypeAliasType
 
 from app.core.schemas import RequestBody
 
@@ -15,9 +16,12 @@ ITEM_STATUSES = (
     "rejected",
     "changes_requested",
 )
-ItemStatus = Literal[
-    "submitted", "processing", "pending", "approved", "merged", "rejected", "changes_requested"
-]
+ItemStatus = TypeAliasType(
+    "ItemStatus",
+    Literal[
+        "submitted", "processing", "pending", "approved", "merged", "rejected", "changes_requested"
+    ],
+)
 
 Note = Annotated[str | None, Field(max_length=5000)]
 
@@ -71,8 +75,8 @@ class Actor(BaseModel):
 
 class ItemEventOut(BaseModel):
     id: int
-    from_status: str | None = Field(alias="from")
-    to_status: str = Field(alias="to")
+    from_status: ItemStatus | None = Field(alias="from")
+    to_status: ItemStatus = Field(alias="to")
     note: str | None
     actor: Actor
     created_at: str | None
@@ -83,7 +87,7 @@ class ItemEventOut(BaseModel):
 class ItemOut(BaseModel):
     id: int
     type: str
-    status: str
+    status: ItemStatus
     source_id: int | None
     importer_id: int | None
     run_id: int | None

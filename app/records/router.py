@@ -14,7 +14,8 @@ from app.core.pagination import One, Page, PageParams, page_params
 from app.core.params import INT8_MAX
 from app.records import service
 
-router = APIRouter(prefix="/records", tags=["records"], responses=error_responses(401, 403))
+# 422: a parameter out of range, or a NUL anywhere in the query (app/core/params.py).
+router = APIRouter(prefix="/records", tags=["records"], responses=error_responses(401, 403, 422))
 
 
 class RecordOut(BaseModel):

@@ -12,18 +12,21 @@ from app.core.errors import error_responses
 from app.core.idempotency import Idempotency, IdempotencyDep, fingerprint
 from app.core.pagination import One, Page, PageParams, page_params, paginate
 from app.core.params import SourceId
+from app.importers.schemas import ApprovalMode
 from app.runs import service as runs_service
 from app.sources import service
 from app.sources.schemas import (
     SourceCreate,
     SourceOut,
+    SourceStatus,
     SourceTokenCreate,
     SourceTokenOut,
     SourceUpdate,
     SyncOut,
 )
 
-router = APIRouter(prefix="/sources", tags=["sources"], responses=error_responses(401, 403))
+# 422: a parameter out of range, or a NUL anywhere in the query (app/core/params.py).
+router = APIRouter(prefix="/sources", tags=["sources"], responses=error_responses(401, 403, 422))
 
 ViewDep = Annotated[Principal, Depends(require(VIEW))]
 AdminDep = Annotated[Principal, Depends(require(ADMIN))]
@@ -35,13 +38,11 @@ async def list_sources(
     session: SessionDep,
     params: Annotated[PageParams, Depends(page_params)],
     principal: ViewDep,
-    status_: Annotated[
-        Literal["active", "paused", "error", "syncing"] | None, Query(alias="status")
-    ] = None,
+    status_: Annotated[SourceStatus | None, Query(alias="status")] = None,
     provider: str | None = None,
     ingestion_type: str | None = None,
     is_active: bool | None = None,
-    approval_mode: Literal["auto", "manual"] | None = None,
+    approval_mode: ApprovalMode | None = None,
     sort: Literal["id", "name", "source_priority", "created_at", "updated_at"] = "id",
     order: Literal["asc", "desc"] = "desc",
 ) -> dict[str, Any]:

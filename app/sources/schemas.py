@@ -1,11 +1,14 @@
 """Source API shapes. Field messages follow the service's Laravel voice."""
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing_extensions import TypeAliasType
 
 from app.auth.schemas import TokenCreated
+from app.core.openapi import documented_as
 from app.core.schemas import RequestBody
+from app.importers.schemas import ApprovalMode
 from app.runs.schemas import RunOut
 from app.sources.urls import canonical_url
 
@@ -15,6 +18,13 @@ SOURCE_STATUSES = ("active", "paused", "error", "syncing")
 
 # The service role's abilities: what a source's agent token may hold.
 AGENT_ABILITIES = ("ingest:view", "ingest:create")
+
+# The tuples above as OpenAPI enums (tests/core/test_openapi_client.py keeps them equal).
+IngestionType = TypeAliasType(
+    "IngestionType", Literal["api", "scrape", "manual", "csv", "upload", "url"]
+)
+SourceStatus = TypeAliasType("SourceStatus", Literal["active", "paused", "error", "syncing"])
+AgentAbility = TypeAliasType("AgentAbility", Literal["ingest:view", "ingest:create"])
 
 
 def _one_of(value: str | None, allowed: tuple[str, ...], label: str) -> str | None:
@@ -40,10 +50,13 @@ class _SourceFields(RequestBody):
     )
     source_priority: Annotated[int | None, Field(ge=-1_000_000, le=1_000_000)] = None
     is_active: bool | None = None
-    approval_mode: str | None = Field(
+    # Checked by the validators below, which word their own messages.
+    approval_mode: Annotated[str | None, documented_as(ApprovalMode | None)] = Field(
         None, description="auto | manual: manual stages pushed rows as items to review."
     )
-    ingestion_type: str | None = Field(None, description=" | ".join(INGESTION_TYPES))
+    ingestion_type: Annotated[str | None, documented_as(IngestionType | None)] = Field(
+        None, description=" | ".join(INGESTION_TYPES)
+    )
 
     @field_validator("provider", "external_source_id")
     @classmethod
@@ -92,13 +105,13 @@ class SourceOut(BaseModel):
     id: int
     name: str
     source_url: str
-    ingestion_type: str
+    ingestion_type: IngestionType
     provider: str | None
     external_source_id: str | None
     source_priority: int
     is_active: bool
-    approval_mode: str
-    status: str = Field(description=" | ".join(SOURCE_STATUSES))
+    approval_mode: ApprovalMode
+    status: SourceStatus = Field(description=" | ".join(SOURCE_STATUSES))
     last_sync_started_at: str | None
     last_sync_finished_at: str | None
     last_sync_message: str | None
@@ -117,7 +130,7 @@ class SourceTokenCreate(RequestBody):
     name: Annotated[str | None, Field(min_length=1, max_length=200)] = Field(
         None, description="Default: `<source name> agent`."
     )
-    abilities: list[str] = Field(
+    abilities: list[Annotated[str, documented_as(AgentAbility)]] = Field(
         default_factory=lambda: list(AGENT_ABILITIES),
         description="A subset of ingest:view, ingest:create (the service role's abilities).",
     )

@@ -14,7 +14,8 @@ from app.core.pagination import Page, PageParams, page_params, paginate
 from app.runs.models import Worker
 from app.worker.service import live_workers_query
 
-router = APIRouter(prefix="/workers", tags=["workers"], responses=error_responses(401, 403))
+# 422: a parameter out of range, or a NUL anywhere in the query (app/core/params.py).
+router = APIRouter(prefix="/workers", tags=["workers"], responses=error_responses(401, 403, 422))
 
 
 class WorkerOut(BaseModel):
