@@ -32,10 +32,11 @@ from app.pipeline.chunks import (
     read_payload,
     remove_run_payloads,
 )
-from app.pipeline.prepare import ChunkValidator, Unchanged
+from app.pipeline.prepare import INVALID, ChunkValidator, Unchanged
 from app.pipeline.readers import ReadError
 from app.pipeline.readers.csv_reader import read_slice, slice_of
 from app.records.store import NUL, Known, Table, Write, Writes, canonical, nul_errors
+from app.runs.rowlog import CODES, encode
 
 FOREIGN_RECORD = (
     "The record '{key}' belongs to another source: a run of source {source} cannot change it."
@@ -61,6 +62,8 @@ class Plan:
     touched: list[str] = field(default_factory=list)
     staged: list[ChunkRow] = field(default_factory=list)
     log: list[tuple[Any, ...]] = field(default_factory=list)
+    # With a compact row log: the outcome code of each row not in `log`, by row number.
+    codes: dict[int, str] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=lifecycle.empty_summary)
     successful: int = 0
     failed: int = 0
@@ -91,6 +94,7 @@ def plan_chunk(
     unchanged: Sequence[Unchanged] = (),
     foreign: Mapping[str, str] | None = None,
     comparable: Callable[[Any], Any] = lambda value: value,
+    compact: bool = False,
 ) -> Plan:
     """Decide every row's outcome, in row order, as if rows were applied one by one; rows
     known `unchanged` by their input hash (one row per key in the chunk) are counted apart.
@@ -98,7 +102,8 @@ def plan_chunk(
     `columns` name the cells of originals given as lists: the row log and staged rows get
     dicts. Rows whose key is in `foreign` (another source's record or item) fail with its
     message. `comparable` makes the compare field's value what its column holds, as existing
-    records give theirs."""
+    records give theirs. `compact` (with `log_all`): only failed rows get a row log entry,
+    the others an outcome code (app.runs.rowlog)."""
     plan = Plan()
     foreign = foreign or {}
     strategy = definition.on_duplicate
@@ -121,7 +126,8 @@ def plan_chunk(
             # the record's position (below): the splitter may also mistake a few new keys
             # for repeated ones.
             if NUL in blob:  # no column can hold it
-                status, errors = "failed", nul_errors(row.data)
+                status = "failed"
+                errors = {"message": INVALID, "validation": nul_errors(row.data)}
             elif key in foreign:
                 status, errors = "failed", {"message": foreign[key]}
             elif known is None and not (row.duplicate and strategy in ("skip", "fail")):
@@ -169,7 +175,11 @@ def plan_chunk(
         else:
             plan.successful += 1
             plan.counts[outcome or "created"] += 1
-        if log_all or status == "failed":
+        if compact and status != "failed":
+            plan.codes[row.row_number] = CODES[
+                outcome or ("skipped" if status == "skipped" else "created")
+            ]
+        elif log_all or status == "failed":
             plan.log.append(
                 (
                     run_id,
@@ -188,7 +198,9 @@ def plan_chunk(
         plan.counts["unchanged"] += len(unchanged)
         if touch_unchanged:
             plan.touched.extend(key for _, key, _ in unchanged)
-        if log_all:
+        if compact:
+            plan.codes.update((number, CODES["unchanged"]) for number, _, _ in unchanged)
+        elif log_all:
             plan.log.extend(
                 (
                     run_id,
@@ -275,8 +287,7 @@ async def _apply_pending(
         await _count(conn, run_id, Plan())
         return await lifecycle.maybe_finalize(session, run_id, definition)
     raws = read_chunk(storage_dir, chunk, run_id, index, run["file_key"], run["columns"])
-    in_file = chunk["byte_start"] is not None
-    return await _apply(session, conn, raws, definition, run_id, index, run, in_file)
+    return await _apply(session, conn, raws, definition, run_id, chunk, index, run)
 
 
 def read_chunk(
@@ -371,12 +382,16 @@ async def _apply(
     raws: list[RawRow],
     definition: ImporterDefinition,
     run_id: int,
+    chunk: asyncpg.Record,
     index: int,
     run: asyncpg.Record,
-    in_file: bool,
 ) -> bool:
+    in_file = chunk["byte_start"] is not None
     table = await Table.load(conn, definition.collection, definition.fields)
     plan = await _plan(conn, table, raws, definition, run_id, run, in_file)
+    outcomes = None
+    if plan.codes:  # a CSV chunk's rows, read back from the input file when shown
+        outcomes = encode(chunk["first_row"], chunk["row_count"], plan.codes)
     if not run["dry_run"]:
         await table.write(conn, run["source_id"], run_id, plan.writes, plan.new)
         if plan.touched:
@@ -391,7 +406,7 @@ async def _apply(
             )
     if plan.log:
         await conn.copy_records_to_table("run_rows", records=plan.log, columns=ROW_LOG_COLUMNS)
-    await _close_chunk(conn, run_id, index, "done")
+    await _close_chunk(conn, run_id, index, "done", outcomes)
     await _count(conn, run_id, plan)
     return await lifecycle.maybe_finalize(session, run_id, definition)
 
@@ -451,15 +466,21 @@ async def _plan(
         columns=run["columns"] or (),
         foreign=foreign,
         comparable=partial(table.value, compare) if compare else lambda value: value,
+        # Rows of a byte range are read back from the input file: they need no entry.
+        compact=in_file and log_all and not run["dry_run"],
     )
 
 
-async def _close_chunk(conn: asyncpg.Connection, run_id: int, index: int, status: str) -> None:
+async def _close_chunk(
+    conn: asyncpg.Connection, run_id: int, index: int, status: str, outcomes: str | None = None
+) -> None:
     await conn.execute(
-        "UPDATE run_chunks SET status = $3, applied_at = now() WHERE run_id = $1 AND index = $2",
+        "UPDATE run_chunks SET status = $3, applied_at = now(), outcomes = $4 "
+        "WHERE run_id = $1 AND index = $2",
         run_id,
         index,
         status,
+        outcomes,
     )
 
 

@@ -95,6 +95,8 @@ class RunChunk(Base):
     claimed_by: Mapped[str | None] = mapped_column(Text)
     lease_until: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
+    # A CSV chunk's row log: one outcome code per row, in row order (app.runs.rowlog).
+    outcomes: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
     applied_at: Mapped[datetime | None]
 

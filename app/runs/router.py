@@ -15,17 +15,14 @@ from app.auth.permissions import CREATE, VIEW
 from app.core.deps import SessionDep, SettingsDep, split_after_commit
 from app.core.errors import error_responses
 from app.core.idempotency import IdempotencyDep, fingerprint
-from app.core.pagination import One, Page, PageParams, page_params, paginate
+from app.core.pagination import One, Page, PageParams, build_page, page_params, paginate
 from app.core.params import RunId
 from app.runs import service
-from app.runs.schemas import RetryIn, RowOut, RunListItemOut, RunOut
+from app.runs.schemas import RetryIn, RowOut, RowStatus, RunListItemOut, RunOut, RunStatus
 
-router = APIRouter(tags=["runs"], responses=error_responses(401, 403))
+# 422: a parameter out of range, or a NUL anywhere in the query (app/core/params.py).
+router = APIRouter(tags=["runs"], responses=error_responses(401, 403, 422))
 
-RunStatus = Literal[
-    "pending", "processing", "completed", "completed_with_errors", "failed", "cancelled"
-]
-RowStatus = Literal["success", "failed", "skipped"]
 RunSort = Literal["id", "created_at", "status", "completed_at"]
 
 
@@ -96,10 +93,11 @@ async def list_rows(
 ) -> dict[str, Any]:
     """List a run's rows in row order; filter by status."""
     found = await service.get_run(session, run, source_id=principal.source_id)
-    stmt = service.rows_query(found.id, status=status)
-    page = await paginate(session, request, stmt, params, service.row_resource)
-    await service.with_originals(session, found, page["data"], settings.storage_dir)
-    return page
+    offset = (params.page - 1) * params.per_page
+    rows, total = await service.rows_page(
+        session, found, status, offset, params.per_page, settings.storage_dir
+    )
+    return build_page(request, rows, total, params)
 
 
 @router.post("/{run:int}/cancel", response_model=MessageOut, responses=error_responses(404, 409))

@@ -24,6 +24,7 @@ from app.pipeline.lifecycle import empty_summary
 from app.pipeline.mapping import MissingColumns, plan_columns
 from app.pipeline.readers import ReadError
 from app.pipeline.writer import originals_of
+from app.runs import rowlog
 from app.runs.models import FINISHED_STATUSES, Run, RunChunk, RunRow
 
 
@@ -171,23 +172,13 @@ async def get_run(
     return run
 
 
-def rows_query(run_id: int, *, status: str | None = None) -> Select[RunRow]:
-    stmt = select(RunRow).where(RunRow.run_id == run_id)
-    if status is not None:
-        stmt = stmt.where(RunRow.status == status)
-    return stmt.order_by(RunRow.row_number)
-
-
-def row_resource(row: RunRow) -> dict[str, Any]:
-    """IngestRowResource (SPEC §5)."""
-    return {
-        "id": row.id,
-        "row_number": row.row_number,
-        "status": row.status,
-        "outcome": row.outcome,
-        "data": row.data,
-        "errors": row.errors,
-    }
+async def rows_page(
+    session: AsyncSession, run: Run, status: str | None, offset: int, limit: int, storage_dir: Path
+) -> tuple[list[dict[str, Any]], int]:
+    """IngestRowResources (SPEC §5) of the run at [offset, offset + limit) in row order, with
+    their data, and the number of rows (of `status`, when given)."""
+    rows, total = await rowlog.page(session, run.id, status, offset, limit)
+    return await with_originals(session, run, rows, storage_dir), total
 
 
 async def first_rows(
@@ -195,8 +186,8 @@ async def first_rows(
 ) -> list[dict[str, Any]]:
     if limit <= 0:
         return []
-    rows = (await session.scalars(rows_query(run.id).limit(limit))).all()
-    return await with_originals(session, run, [row_resource(row) for row in rows], storage_dir)
+    rows, _ = await rows_page(session, run, None, 0, limit, storage_dir)
+    return rows
 
 
 async def with_originals(

@@ -6,6 +6,7 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.runs import rowlog
 from app.runs.models import Run
 from app.runs.service import to_resource
 from tests.conftest import CreateImporter, RunWorker, Upload
@@ -44,15 +45,11 @@ async def session_execute(
 
 
 async def row_log(factory: async_sessionmaker[AsyncSession], run_id: int) -> list[dict[str, Any]]:
+    """The run's row log as the rows API reads it (entries and chunk records), in row order."""
     async with factory() as session:
-        rows = await session.execute(
-            text(
-                "SELECT row_number, status, outcome, record_key, errors FROM run_rows "
-                "WHERE run_id = :id ORDER BY row_number"
-            ),
-            {"id": run_id},
-        )
-        return [dict(r._mapping) for r in rows]
+        rows, total = await rowlog.page(session, run_id, None, 0, 1_000_000)
+    assert total == len(rows)
+    return rows
 
 
 async def test_upload_is_processed_into_records_with_exact_counters(

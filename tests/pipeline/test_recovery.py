@@ -15,7 +15,7 @@ from app.core.config import Settings
 from app.pipeline import writer
 from app.records.store import Table
 from tests.conftest import CreateImporter, RunWorker, Upload
-from tests.pipeline.test_pipeline import USER_FIELDS, records, run_of
+from tests.pipeline.test_pipeline import USER_FIELDS, records, row_log, run_of
 from tests.worker.processes import start_worker, wait_for, workers
 
 
@@ -53,11 +53,8 @@ async def test_a_redelivered_chunk_changes_nothing(
         == before["progress"]
         == {"total": 35, "processed": 35, "successful": 35, "failed": 0, "skipped": 0}
     )
-    async with session_factory() as session:
-        logged = await session.scalar(
-            text("SELECT count(*) FROM run_rows WHERE run_id = :id"), {"id": run_id}
-        )
-    assert logged == 35
+    logged = [row["row_number"] for row in await row_log(session_factory, run_id)]
+    assert sorted(logged) == list(range(1, 36))
 
 
 async def test_two_workers_applying_the_same_chunk_at_once_apply_it_once(
@@ -214,10 +211,8 @@ async def test_a_worker_killed_mid_run_loses_no_row_and_doubles_no_count(
     }
     async with session_factory() as session:
         count = await session.scalar(text("SELECT count(*) FROM ingest_data.users"))
-        logged = await session.scalar(
-            text("SELECT count(*) FROM run_rows WHERE run_id = :id"), {"id": run_id}
-        )
-    assert count == total and logged == total
+    logged = [row["row_number"] for row in await row_log(session_factory, run_id)]
+    assert count == total and sorted(logged) == list(range(1, total + 1))
 
 
 @pytest.mark.parametrize("chunk_kind", ["byte range", "payload"])

@@ -232,5 +232,8 @@ async def test_a_row_holding_a_nul_character_fails_and_the_others_are_written(
     assert body["status"] == "completed_with_errors", body
     [failed] = [row for row in body["rows"] if row["status"] == "failed"]
     assert failed["row_number"] == 2
-    assert failed["errors"] == {"name": ["The name must not contain NUL characters."]}
+    assert failed["errors"] == {
+        "message": "The given data was invalid.",
+        "validation": {"name": ["The name must not contain NUL characters."]},
+    }
     assert names(await listed(client, admin_headers)) == ["Ada"]

@@ -424,15 +424,15 @@ async def test_prune_removes_row_logs_chunks_and_files_of_old_runs_only(
     result = await ingest("prune", "--days", "30")
     assert result.exit_code == 0, result.output
     assert result.stdout.strip().startswith(
-        "pruned 1 run(s) finished more than 30 days ago: 9 row log entries, 1 chunks and "
+        # Its 7 failed rows had entries; its 2 others were recorded by their chunk.
+        "pruned 1 run(s) finished more than 30 days ago: 7 row log entries, 1 chunks and "
         "1 stored file(s) ("
     )
     assert not old_file.exists() and recent_file.exists()
-    counts = await sql(
-        session_factory,
-        "SELECT run_id, count(*) FROM run_rows GROUP BY run_id ORDER BY run_id",
-    )
-    assert [tuple(c) for c in counts] == [(recent, 2)]
+    assert await sql(session_factory, "SELECT run_id FROM run_rows") == []
+    # The recent run's chunk, which records its two rows, stays.
+    kept = await sql(session_factory, "SELECT run_id, outcomes FROM run_chunks")
+    assert [tuple(c) for c in kept] == [(recent, "cc")]
     assert await sql(session_factory, "SELECT 1 FROM run_chunks WHERE run_id = :id", id=old) == []
     # The run and the records it wrote stay.
     pruned = await fetch_run(session_factory, old)

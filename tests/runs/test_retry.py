@@ -7,6 +7,7 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.runs import rowlog
 from tests.conftest import RunWorker
 from tests.runs.conftest import (
     API,
@@ -26,14 +27,9 @@ pytestmark = pytest.mark.usefixtures("users_importer")
 async def row_numbers(
     factory: async_sessionmaker[AsyncSession], run_id: int, status: str | None = None
 ) -> list[int]:
-    rows = await sql(
-        factory,
-        "SELECT row_number FROM run_rows WHERE run_id = :id "
-        "AND (CAST(:status AS text) IS NULL OR status = :status) ORDER BY row_number",
-        id=run_id,
-        status=status,
-    )
-    return [n for (n,) in rows]
+    async with factory() as session:
+        rows, _ = await rowlog.page(session, run_id, status, 0, 10_000)
+    return [row["row_number"] for row in rows]
 
 
 async def relax_age_limit(client: httpx.AsyncClient, headers: dict[str, str]) -> None:

@@ -270,8 +270,9 @@ async def test_rows_that_did_not_fail_are_read_back_from_the_input_file(
     session_factory: async_sessionmaker[AsyncSession],
     settings: Settings,
 ) -> None:
-    # Chunks of 2 rows, a quoted newline, a ragged row and a skipped repeat: the row log
-    # copies failed rows only, and the API reads the others back from the file.
+    # Chunks of 2 rows, a quoted newline, a ragged row and a skipped repeat: failed rows have
+    # entries with their data, the chunks record the others, which the API reads back from
+    # the file.
     await create_importer(key=["email"], fields=USER_FIELDS, on_duplicate="skip", chunk_size=2)
     content = (
         "Email,Name,Age,Note\n"
@@ -288,13 +289,13 @@ async def test_rows_that_did_not_fail_are_read_back_from_the_input_file(
         "ORDER BY row_number",
         id=run_id,
     )
-    assert [tuple(row) for row in logged] == [
-        (1, "success", False),
-        (2, "failed", True),
-        (3, "failed", True),
-        (4, "skipped", False),
-        (5, "success", False),
-    ]
+    assert [tuple(row) for row in logged] == [(2, "failed", True), (3, "failed", True)]
+    chunks = await sql(
+        session_factory,
+        "SELECT first_row, outcomes FROM run_chunks WHERE run_id = :id ORDER BY index",
+        id=run_id,
+    )
+    assert [tuple(chunk) for chunk in chunks] == [(1, "c-"), (3, "-s"), (5, "c")]
     originals = {
         1: {"Email": "ada@example.com", "Name": "Ada", "Age": "36", "Note": "two\nlines"},
         2: {"Email": "bob@example.com", "Name": "Bob", "Age": "x", "Note": ""},
