@@ -17,7 +17,7 @@ from fastapi.openapi.docs import (
     get_swagger_ui_html,
     get_swagger_ui_oauth2_redirect_html,
 )
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 ASSETS_PACKAGE = "fastapi_standalone_docs"
@@ -97,7 +97,12 @@ def install_docs(app: FastAPI) -> None:
     async def redoc_logo(request: Request) -> FileResponse:
         return FileResponse(logo_file, media_type="image/svg+xml")
 
+    async def home(request: Request) -> RedirectResponse:
+        """The service's root opens the API docs."""
+        return RedirectResponse(f"{root(request)}{DOCS_URL}")
+
     for path, page in (
+        ("/", home),
         (DOCS_URL, swagger_ui),
         (OAUTH2_REDIRECT_URL, swagger_ui_oauth2_redirect),
         (REDOC_URL, redoc),
