@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     url_max_mb: int = Field(512, ge=1)
     url_max_redirects: int = Field(5, ge=0)
 
+    # Back-pressure: while the arq queue holds this many jobs or more (queued or running), the
+    # doors that start runs answer 429 with `Retry-After`; 0 never refuses.
+    max_queue_depth: int = Field(10_000, ge=0)
+    queue_retry_after_seconds: int = Field(30, ge=1)
+
     worker_max_jobs: int = Field(4, ge=1)
     # arq starts queued jobs only when it polls the queue, so a finished chunk's slot stays
     # idle until the next poll: at 0.1 s a worker spent more time waiting than working.

@@ -1,5 +1,5 @@
 """Request-scoped dependencies: one unit of work per request (and the split jobs it starts),
-the settings."""
+the settings, and the back-pressure check of the doors that start runs."""
 
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -8,7 +8,8 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
-from app.core.queue import enqueue_quietly, enqueue_split
+from app.core.errors import TooManyRequests
+from app.core.queue import enqueue_quietly, enqueue_split, queue_depth
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -46,3 +47,23 @@ def get_settings(request: Request) -> Settings:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+async def check_queue_room(request: Request) -> None:
+    """429 with ``Retry-After`` while the queue holds ``INGEST_MAX_QUEUE_DEPTH`` jobs or more.
+
+    Called by every door that starts a run, before it stores anything: a refused request leaves
+    no run, item or file behind. A Redis that cannot be reached refuses nothing: the run's split
+    would then be enqueued later by the reconciler, as today.
+    """
+    settings: Settings = request.app.state.settings
+    if not settings.max_queue_depth:
+        return
+    depth = await queue_depth(request.app.state.queue, settings.queue_name)
+    if depth is not None and depth >= settings.max_queue_depth:
+        wait = settings.queue_retry_after_seconds
+        raise TooManyRequests(
+            f"The work queue is full ({depth:,} jobs waiting, at most "
+            f"{settings.max_queue_depth:,}): try again in {wait} seconds.",
+            retry_after=wait,
+        )

@@ -21,6 +21,8 @@ class IngestError(Exception):
 
     status_code = 400
     default_message = "Bad request."
+    # Response headers the error goes with (e.g. `Retry-After`).
+    headers: dict[str, str] | None = None
 
     def __init__(self, message: str | None = None, *, errors: dict[str, list[str]] | None = None):
         self.message = message or self.default_message
@@ -67,6 +69,17 @@ class ValidationFailed(IngestError):
     default_message = "The given data was invalid."
 
 
+class TooManyRequests(IngestError):
+    """Back-pressure: the client should come back after ``retry_after`` seconds."""
+
+    status_code = 429
+    default_message = "Too many requests."
+
+    def __init__(self, message: str | None = None, *, retry_after: int):
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
 # The type of the validation error raised for an id in the path beyond its column's range.
 UNKNOWN_ID = "unknown_id"
 
@@ -89,13 +102,28 @@ ERROR_DESCRIPTIONS = {
     413: "Too large.",
     415: "Unsupported file type.",
     422: "Invalid input: `message` says why, `errors` names the fields.",
+    429: "The work queue is full: try again after `Retry-After` seconds.",
+}
+
+# Response headers an error status always comes with, as OpenAPI describes them.
+ERROR_HEADERS: dict[int, dict[str, Any]] = {
+    429: {
+        "Retry-After": {
+            "description": "Seconds to wait before trying again.",
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    }
 }
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """Declare error responses on a route so they show in OpenAPI."""
     return {
-        code: {"model": ErrorBody, "description": ERROR_DESCRIPTIONS.get(code, "Error.")}
+        code: {
+            "model": ErrorBody,
+            "description": ERROR_DESCRIPTIONS.get(code, "Error."),
+            **({"headers": ERROR_HEADERS[code]} if code in ERROR_HEADERS else {}),
+        }
         for code in codes
     }
 
@@ -138,10 +166,25 @@ def validation_errors(items: Any) -> dict[str, list[str]]:
     return errors
 
 
+def _not_json(error: Any, document: Any) -> dict[str, list[str]]:
+    """FastAPI's own error for a body that is not JSON names the offset as if it were a field
+    (``{"9": ["JSON decode error"]}``): the body is what is wrong, and where is in the text."""
+    reason = str((error.get("ctx") or {}).get("error") or "JSON decode error")
+    loc = error.get("loc", ())
+    offset = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else None
+    where = ""
+    if offset is not None and isinstance(document, str | bytes):
+        text = document if isinstance(document, str) else document.decode("utf-8", "replace")
+        line = text.count("\n", 0, offset) + 1
+        column = offset - (text.rfind("\n", 0, offset) + 1) + 1
+        where = f" at line {line}, column {column}"
+    return {"body": [f"The request body is not valid JSON: {reason}{where}."]}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(IngestError)
     async def _ingest_error(_: Request, exc: IngestError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else exc.headers
         return error_response(exc.status_code, exc.message, exc.errors, headers)
 
     @app.exception_handler(RequestValidationError)
@@ -150,6 +193,9 @@ def install_error_handlers(app: FastAPI) -> None:
         unknown = [e for e in exc.errors() if e.get("type") == UNKNOWN_ID]
         if unknown:
             return error_response(404, str(unknown[0]["msg"]))
+        invalid_json = [e for e in exc.errors() if e.get("type") == "json_invalid"]
+        if invalid_json:
+            return validation_response(_not_json(invalid_json[0], exc.body))
         return validation_response(validation_errors(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)

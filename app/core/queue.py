@@ -83,6 +83,19 @@ async def taken_by_a_worker(queue: ArqRedis, job_id: str) -> bool:
     return await Job(job_id, queue).status() == JobStatus.in_progress
 
 
+async def queue_depth(queue: ArqRedis, queue_name: str) -> int | None:
+    """Jobs in the queue, waiting or running (arq keeps a job in the queue's sorted set until
+    it ends): one ZCARD. ``None`` when Redis cannot be reached, which refuses nothing, as
+    ``enqueue_quietly`` defers rather than fails."""
+    import logging
+
+    try:
+        return int(await queue.zcard(queue_name))
+    except (OSError, RedisError) as exc:
+        logging.getLogger("ingest.queue").warning("queue depth unknown: %s", exc)
+        return None
+
+
 async def close_queue(queue: ArqRedis) -> None:
     await queue.aclose(close_connection_pool=True)
 

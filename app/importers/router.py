@@ -9,11 +9,16 @@ from app.core.errors import error_responses
 from app.core.openapi import documented_as
 from app.core.pagination import One, Page, PageParams, page_params, paginate
 from app.importers import service
+from app.importers.bodies import YAML_BODY, DefinitionRoute
 from app.importers.schemas import ImporterDefinition, ImporterOut
 
 # 422: a parameter out of range, or a NUL anywhere in the query (app/core/params.py).
+# DefinitionRoute: a definition body may be JSON or YAML (app/importers/bodies.py).
 router = APIRouter(
-    prefix="/importers", tags=["importers"], responses=error_responses(401, 403, 422)
+    prefix="/importers",
+    tags=["importers"],
+    responses=error_responses(401, 403, 422),
+    route_class=DefinitionRoute,
 )
 
 # Parsed by service.parse_definition (its messages name the field), documented as the model.
@@ -46,7 +51,8 @@ async def show_importer(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=One[ImporterOut],
-    responses=error_responses(400, 409, 422),
+    responses=error_responses(400, 409, 413, 422),
+    openapi_extra=YAML_BODY,
 )
 async def create_importer(
     session: SessionDep,
@@ -61,7 +67,10 @@ async def create_importer(
 
 
 @router.put(
-    "/{slug}", response_model=One[ImporterOut], responses=error_responses(400, 403, 404, 409, 422)
+    "/{slug}",
+    response_model=One[ImporterOut],
+    responses=error_responses(400, 403, 404, 409, 413, 422),
+    openapi_extra=YAML_BODY,
 )
 async def update_importer(
     slug: str,

@@ -84,6 +84,10 @@ class FieldSpec(Strict):
         return self
 
 
+# What GET shows of a source and PUT ignores.
+READ_ONLY_SOURCE_KEYS = frozenset({"has_secret_headers", "has_headers"})
+
+
 class SourceSpec(Strict):
     type: SourceType = "upload"
     url: str | None = None
@@ -94,10 +98,10 @@ class SourceSpec(Strict):
     @model_validator(mode="before")
     @classmethod
     def _drop_read_only(cls, data: Any) -> Any:
-        # `has_headers` is what the API shows instead of the headers: a definition read back
-        # from GET can be PUT as it is.
-        if isinstance(data, dict) and "has_headers" in data:
-            data = {k: v for k, v in data.items() if k != "has_headers"}
+        # `has_secret_headers` is what the API shows instead of the headers: a definition read
+        # back from GET can be PUT as it is (`has_headers` is what it was called before).
+        if isinstance(data, dict) and READ_ONLY_SOURCE_KEYS & data.keys():
+            data = {k: v for k, v in data.items() if k not in READ_ONLY_SOURCE_KEYS}
         return data
 
     @field_validator("url")
@@ -201,15 +205,15 @@ class ImporterDefinition(Strict):
         credentials in the source url (shown masked)."""
         data = self.model_dump(mode="json", by_alias=True, exclude_none=True)
         data["source"].pop("headers", None)
-        data["source"]["has_headers"] = bool(self.source.headers)
+        data["source"]["has_secret_headers"] = bool(self.source.headers)
         if self.source.url is not None:
             data["source"]["url"] = mask_url(self.source.url)
         return data
 
 
 # The definition as the API shows it, ImporterDefinition.public(): optional fields that are
-# not set are left out (not null), source headers are write-only (`has_headers` says whether
-# there are any) and a source url's credentials are masked. Keys as the API spells them.
+# not set are left out (not null), source headers are write-only (`has_secret_headers` says
+# whether there are any) and a source url's credentials are masked. Keys as the API spells them.
 FieldSpecOut = TypedDict(
     "FieldSpecOut",
     {
@@ -236,7 +240,8 @@ class SourceSpecOut(TypedDict):
     url: NotRequired[str]  # credentials masked
     schedule: NotRequired[str]
     sheet: NotRequired[str]
-    has_headers: bool
+    # Whether the source sends request headers (e.g. Authorization), which are never shown.
+    has_secret_headers: bool
 
 
 class ImporterDefinitionOut(TypedDict):

@@ -8,7 +8,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.auth.dependencies import Principal, require
 from app.auth.permissions import CREATE, REVIEW, VIEW
-from app.core.deps import SessionDep, SettingsDep, split_after_commit
+from app.core.deps import SessionDep, SettingsDep, check_queue_room, split_after_commit
 from app.core.errors import error_responses
 from app.core.idempotency import IdempotencyDep, fingerprint
 from app.core.pagination import One, Page, PageParams, page_params, paginate
@@ -63,7 +63,7 @@ TRANSITION_ERRORS = error_responses(400, 404, 409, 422)
     "/{type}",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=One[PushOut],
-    responses=error_responses(404, 409, 413, 422),
+    responses=error_responses(404, 409, 413, 422, 429),
     openapi_extra=PUSH_BODY,
 )
 async def push_items(
@@ -77,6 +77,7 @@ async def push_items(
     """Push `{"item": {...}}` or `{"items": [...]}` to a push importer; processed by a run."""
     importer = await service.importer_for(session, type, principal.source_id)
     definition = service.push_definition(importer)
+    await check_queue_room(request)
     limit = payload.byte_limit(settings.max_push_items, settings.max_upload_bytes)
     raw = await payload.read_limited(request.headers.get("content-length"), request.stream(), limit)
     body = payload.parse_push(raw, settings.max_push_items)

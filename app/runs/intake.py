@@ -6,7 +6,7 @@ from fastapi import APIRouter, Body, Depends, Request, status
 
 from app.auth.dependencies import Principal, require
 from app.auth.permissions import CREATE
-from app.core.deps import SessionDep, SettingsDep, split_after_commit
+from app.core.deps import SessionDep, SettingsDep, check_queue_room, split_after_commit
 from app.core.errors import UnsupportedMediaType, ValidationFailed, error_responses
 from app.core.idempotency import IdempotencyDep, fingerprint
 from app.core.pagination import One
@@ -51,7 +51,7 @@ def _check_format(path: Any, filename: str, expected: str) -> None:
     "/upload/{importer}",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=One[RunOut],
-    responses=error_responses(400, 413, 415, 422),
+    responses=error_responses(400, 413, 415, 422, 429),
     openapi_extra=UPLOAD_BODY,
 )
 async def upload(
@@ -69,6 +69,7 @@ async def upload(
         raise ValidationFailed(
             f"Importer '{importer}' takes no uploads (its source is {definition.source.type})."
         )
+    await check_queue_room(request)
     received = await receive_upload(request, settings.storage_dir, settings.max_upload_bytes)
     dry_run = received.fields.get("dry_run", "").strip().lower() in TRUE
     request_hash = fingerprint("upload", importer, received.sha256, str(dry_run))
@@ -104,7 +105,7 @@ async def upload(
     "/trigger/{importer}",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=One[RunOut],
-    responses=error_responses(400, 422),
+    responses=error_responses(400, 422, 429),
 )
 async def trigger(
     importer: str,
@@ -122,6 +123,7 @@ async def trigger(
             f"Importer '{importer}' has no URL source to trigger (its source is "
             f"{definition.source.type})."
         )
+    await check_queue_room(request)
     dry_run = bool(body and body.dry_run)
     request_hash = fingerprint("trigger", importer, str(dry_run))
     replayed = await idempotency.replay(session, principal.token_id, request_hash)

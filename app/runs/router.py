@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from app.auth.dependencies import Principal, require
 from app.auth.permissions import CREATE, VIEW
-from app.core.deps import SessionDep, SettingsDep, split_after_commit
+from app.core.deps import SessionDep, SettingsDep, check_queue_room, split_after_commit
 from app.core.errors import error_responses
 from app.core.idempotency import IdempotencyDep, fingerprint
 from app.core.pagination import One, Page, PageParams, build_page, page_params, paginate
@@ -114,7 +114,7 @@ async def cancel_run(
     "/{run:int}/retry",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=One[RunOut],
-    responses=error_responses(400, 404, 409, 422),
+    responses=error_responses(400, 404, 409, 422, 429),
 )
 async def retry_run(
     run: RunId,
@@ -126,6 +126,7 @@ async def retry_run(
 ) -> Any:
     """Start a new run with exactly the failed rows of this run (400 when it has none)."""
     parent = await service.get_run(session, run, source_id=principal.source_id)
+    await check_queue_room(request)
     dry_run = bool(body and body.dry_run)
     request_hash = fingerprint("retry", str(parent.id), str(dry_run))
     replayed = await idempotency.replay(session, principal.token_id, request_hash)

@@ -7,7 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.dependencies import Principal, require
 from app.auth.permissions import ADMIN, CREATE, VIEW
-from app.core.deps import SessionDep, split_after_commit
+from app.core.deps import SessionDep, check_queue_room, split_after_commit
 from app.core.errors import error_responses
 from app.core.idempotency import Idempotency, IdempotencyDep, fingerprint
 from app.core.pagination import One, Page, PageParams, page_params, paginate
@@ -41,19 +41,19 @@ async def list_sources(
     status_: Annotated[SourceStatus | None, Query(alias="status")] = None,
     provider: str | None = None,
     ingestion_type: str | None = None,
-    is_active: bool | None = None,
+    onboarded: bool | None = None,
     approval_mode: ApprovalMode | None = None,
     sort: Literal["id", "name", "source_priority", "created_at", "updated_at"] = "id",
     order: Literal["asc", "desc"] = "desc",
 ) -> dict[str, Any]:
-    """List sources, newest first (filters: status, provider, ingestion_type, is_active)."""
+    """List sources, newest first (filters: status, provider, ingestion_type, onboarded)."""
     await service.settle_syncs(session)
     stmt = service.list_query(
         scope_source_id=principal.source_id,
         status=status_,
         provider=provider,
         ingestion_type=ingestion_type,
-        is_active=is_active,
+        onboarded=onboarded,
         approval_mode=approval_mode,
         sort=sort,
         order=order,
@@ -153,6 +153,7 @@ async def _sync(
     initial: bool,
 ) -> Any:
     source = await service.get(session, source_id, scope_source_id=principal.source_id)
+    await check_queue_room(request)
     request_hash = fingerprint("import" if initial else "sync", str(source_id))
     replayed = await idempotency.replay(session, principal.token_id, request_hash)
     if replayed is not None:
@@ -179,7 +180,7 @@ async def _sync(
     "/{source_id:int}/sync",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=One[SyncOut],
-    responses=error_responses(404, 409, 422),
+    responses=error_responses(404, 409, 422, 429),
 )
 async def sync_source(
     source_id: SourceId,
@@ -196,7 +197,7 @@ async def sync_source(
     "/{source_id:int}/import",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=One[SyncOut],
-    responses=error_responses(404, 409, 422),
+    responses=error_responses(404, 409, 422, 429),
 )
 async def import_source(
     source_id: SourceId,
@@ -205,7 +206,7 @@ async def import_source(
     principal: AdminDep,
     idempotency: IdempotencyDep,
 ) -> Any:
-    """Initial import: run every URL importer of the source and mark the source active."""
+    """Initial import: run every URL importer of the source and mark it onboarded."""
     return await _sync(request, session, principal, idempotency, source_id, initial=True)
 
 

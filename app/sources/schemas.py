@@ -16,6 +16,20 @@ INGESTION_TYPES = ("api", "scrape", "manual", "csv", "upload", "url")
 APPROVAL_MODES = ("auto", "manual")
 SOURCE_STATUSES = ("active", "paused", "error", "syncing")
 
+# What the two states of a source mean: `status` is whether it takes work now, `onboarded`
+# only records that it was set up.
+STATUS = (
+    "Whether the source takes work now. `active`: it takes pushes and syncs; `paused`: it takes "
+    "no push, sync or scheduled run until it is resumed; `syncing`: the runs of a sync are under "
+    "way; `error`: a run of the last sync failed (`last_sync_message` says which; the source "
+    "still takes work)."
+)
+ONBOARDED = (
+    "Whether the source is set up: its initial import (`POST /sources/{id}/import`) was "
+    "started, or an operator said so. It gates nothing; `status` says whether the source takes "
+    "work."
+)
+
 # The service role's abilities: what a source's agent token may hold.
 AGENT_ABILITIES = ("ingest:view", "ingest:create")
 
@@ -49,7 +63,7 @@ class _SourceFields(RequestBody):
         None, description="The source's id at its provider; unique within the provider."
     )
     source_priority: Annotated[int | None, Field(ge=-1_000_000, le=1_000_000)] = None
-    is_active: bool | None = None
+    onboarded: bool | None = Field(None, description=ONBOARDED)
     # Checked by the validators below, which word their own messages.
     approval_mode: Annotated[str | None, documented_as(ApprovalMode | None)] = Field(
         None, description="auto | manual: manual stages pushed rows as items to review."
@@ -109,9 +123,9 @@ class SourceOut(BaseModel):
     provider: str | None
     external_source_id: str | None
     source_priority: int
-    is_active: bool
+    onboarded: bool = Field(description=ONBOARDED)
     approval_mode: ApprovalMode
-    status: SourceStatus = Field(description=" | ".join(SOURCE_STATUSES))
+    status: SourceStatus = Field(description=STATUS)
     last_sync_started_at: str | None
     last_sync_finished_at: str | None
     last_sync_message: str | None

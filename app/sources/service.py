@@ -59,7 +59,7 @@ def list_query(
     status: str | None = None,
     provider: str | None = None,
     ingestion_type: str | None = None,
-    is_active: bool | None = None,
+    onboarded: bool | None = None,
     approval_mode: str | None = None,
     sort: str = "id",
     order: str = "desc",
@@ -69,7 +69,7 @@ def list_query(
         (Source.status, status),
         (Source.provider, provider),
         (Source.ingestion_type, ingestion_type),
-        (Source.is_active, is_active),
+        (Source.onboarded, onboarded),
         (Source.approval_mode, approval_mode),
     ):
         if value is not None:
@@ -146,7 +146,7 @@ async def create(
     values: dict[str, Any] = {
         "ingestion_type": "api",
         "source_priority": 0,
-        "is_active": False,
+        "onboarded": False,
         **{k: v for k, v in fields.items() if v is not None},
         "approval_mode": approval_mode,
         "status": "active",
@@ -268,7 +268,7 @@ async def start_sync(
     initial: bool = False,
 ) -> list[Run]:
     """A pending run for every URL importer of the source; the caller enqueues them after
-    commit. ``initial`` (``/import``) also marks the source active."""
+    commit. ``initial`` (``/import``) also marks the source onboarded."""
     await settle_syncs(session)
     await session.refresh(source, with_for_update=True)
     label = "initial import" if initial else "sync"
@@ -299,7 +299,7 @@ async def start_sync(
     ids = ", ".join(str(run.id) for run in runs)
     source.last_sync_message = f"{label.capitalize()} started: run(s) {ids}."
     if initial:
-        source.is_active = True
+        source.onboarded = True
     source.updated_at = func.now()
     await session.flush()
     await session.refresh(source)
@@ -346,7 +346,7 @@ def to_resource(source: Source) -> dict[str, Any]:
         "provider": source.provider,
         "external_source_id": source.external_source_id,
         "source_priority": source.source_priority,
-        "is_active": source.is_active,
+        "onboarded": source.onboarded,
         "approval_mode": source.approval_mode,
         "status": source.status,
         "last_sync_started_at": iso(source.last_sync_started_at),

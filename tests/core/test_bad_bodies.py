@@ -74,7 +74,7 @@ _SOURCE: dict[str, Any] = {
     "provider": "acme",
     "external_source_id": "feed-1",
     "source_priority": 1,
-    "is_active": True,
+    "onboarded": True,
     "approval_mode": "auto",
     "ingestion_type": "api",
 }

@@ -1,17 +1,18 @@
 """The OpenAPI document generates a good client.
 
 A client generated from ``/openapi.json`` by openapi-python-client (run as a user runs it, in a
-subprocess, failing on any warning) drives a real server on a loopback port and a real worker
-through a whole run: an importer created, a CSV with one bad row uploaded, the run read until
-it ends, its error summary and its failed rows as CSV, all with the client's typed functions
-and models. Beside it: every operation has a deliberate id and documents its errors, and the
-document's enums are the sets the code checks against.
+subprocess, failing on any warning but the known ones) drives a real server on a loopback port
+and a real worker through a whole run: an importer created, a CSV with one bad row uploaded,
+the run read until it ends, its error summary and its failed rows as CSV, all with the
+client's typed functions and models. Beside it: every operation has a deliberate id and
+documents its errors, and the document's enums are the sets the code checks against.
 """
 
 import asyncio
 import csv
 import importlib
 import io
+import re
 import socket
 import subprocess
 import sys
@@ -51,9 +52,13 @@ OPERATIONS: dict[str, tuple[str, str, set[int]]] = {
     "health_live": ("GET", "/healthz", set()),
     "health_ready": ("GET", "/readyz", {503}),
     "importers_list": ("GET", f"{API}/importers", {401, 403, 422}),
-    "importers_create": ("POST", f"{API}/importers", {400, 401, 403, 409, 422}),
+    "importers_create": ("POST", f"{API}/importers", {400, 401, 403, 409, 413, 422}),
     "importers_show": ("GET", f"{API}/importers/{{slug}}", {401, 403, 404, 422}),
-    "importers_update": ("PUT", f"{API}/importers/{{slug}}", {400, 401, 403, 404, 409, 422}),
+    "importers_update": (
+        "PUT",
+        f"{API}/importers/{{slug}}",
+        {400, 401, 403, 404, 409, 413, 422},
+    ),
     "importers_delete": ("DELETE", f"{API}/importers/{{slug}}", {401, 403, 404, 422}),
     "sources_list": ("GET", f"{API}/sources", {401, 403, 422}),
     "sources_create": ("POST", f"{API}/sources", {400, 401, 403, 422}),
@@ -62,14 +67,22 @@ OPERATIONS: dict[str, tuple[str, str, set[int]]] = {
     "sources_delete": ("DELETE", f"{API}/sources/{{source_id}}", {401, 403, 404, 422}),
     "sources_pause": ("POST", f"{API}/sources/{{source_id}}/pause", {401, 403, 404, 422}),
     "sources_resume": ("POST", f"{API}/sources/{{source_id}}/resume", {401, 403, 404, 422}),
-    "sources_sync": ("POST", f"{API}/sources/{{source_id}}/sync", {401, 403, 404, 409, 422}),
-    "sources_import": ("POST", f"{API}/sources/{{source_id}}/import", {401, 403, 404, 409, 422}),
+    "sources_sync": (
+        "POST",
+        f"{API}/sources/{{source_id}}/sync",
+        {401, 403, 404, 409, 422, 429},
+    ),
+    "sources_import": (
+        "POST",
+        f"{API}/sources/{{source_id}}/import",
+        {401, 403, 404, 409, 422, 429},
+    ),
     "sources_tokens_create": (
         "POST",
         f"{API}/sources/{{source_id}}/tokens",
         {400, 401, 403, 404, 422},
     ),
-    "items_push": ("POST", f"{API}/items/{{type}}", {401, 403, 404, 409, 413, 422}),
+    "items_push": ("POST", f"{API}/items/{{type}}", {401, 403, 404, 409, 413, 422, 429}),
     "items_list": ("GET", f"{API}/items", {401, 403, 422}),
     "items_show": ("GET", f"{API}/items/{{item_id}}", {401, 403, 404, 405, 422}),
     **{
@@ -86,13 +99,17 @@ OPERATIONS: dict[str, tuple[str, str, set[int]]] = {
     "tokens_create": ("POST", f"{API}/tokens", {400, 401, 403, 422}),
     "tokens_revoke": ("DELETE", f"{API}/tokens/{{token_id}}", {401, 403, 404, 422}),
     "workers_list": ("GET", f"{API}/workers", {401, 403, 422}),
-    "runs_upload": ("POST", f"{API}/upload/{{importer}}", {400, 401, 403, 404, 413, 415, 422}),
-    "runs_trigger": ("POST", f"{API}/trigger/{{importer}}", {400, 401, 403, 404, 422}),
+    "runs_upload": (
+        "POST",
+        f"{API}/upload/{{importer}}",
+        {400, 401, 403, 404, 413, 415, 422, 429},
+    ),
+    "runs_trigger": ("POST", f"{API}/trigger/{{importer}}", {400, 401, 403, 404, 422, 429}),
     "runs_list": ("GET", f"{API}/", {401, 403, 422}),
     "runs_show": ("GET", f"{API}/{{run}}", {401, 403, 404, 422}),
     "runs_rows": ("GET", f"{API}/{{run}}/rows", {401, 403, 404, 422}),
     "runs_cancel": ("POST", f"{API}/{{run}}/cancel", {401, 403, 404, 409, 422}),
-    "runs_retry": ("POST", f"{API}/{{run}}/retry", {400, 401, 403, 404, 409, 422}),
+    "runs_retry": ("POST", f"{API}/{{run}}/retry", {400, 401, 403, 404, 409, 422, 429}),
     "runs_errors_summary": ("GET", f"{API}/{{run}}/errors/summary", {401, 403, 404, 422}),
     "runs_failed_rows_download": (
         "GET",
@@ -174,7 +191,7 @@ def test_the_definition_the_api_shows_has_every_field_of_the_definition() -> Non
     assert set(ImporterDefinitionOut.__annotations__) == _aliases(ImporterDefinition)
     assert set(keys["FieldSpecOut"]["properties"]) == _aliases(FieldSpec)
     assert set(keys["SourceSpecOut"]["properties"]) == _aliases(SourceSpec) - {"headers"} | {
-        "has_headers"
+        "has_secret_headers"
     }
     definition = ImporterDefinition.model_validate(
         {
@@ -223,6 +240,16 @@ def test_the_definition_the_api_shows_has_every_field_of_the_definition() -> Non
 # --- the generated client against a real server and worker -------------------------------------
 
 
+# The generator knows no YAML body: it leaves the YAML alternative of the two definition bodies
+# out of the client, which sends them as JSON. (Listing both content types in its client, as
+# openapi-python-client 0.29 would with a content-type override, emits `| Unset` without
+# importing it: openapi-generators/openapi-python-client#1451.)
+KNOWN_WARNINGS = [
+    ("POST", f"{API}/importers", "Unsupported content type application/yaml"),
+    ("PUT", f"{API}/importers/{{slug}}", "Unsupported content type application/yaml"),
+]
+
+
 def _generate(document: dict[str, Any], workdir: Path) -> None:
     spec = workdir / "openapi.json"
     spec.write_text(httpx.Response(200, json=document).text)
@@ -241,14 +268,18 @@ def _generate(document: dict[str, Any], workdir: Path) -> None:
             "none",
             "--config",
             str(config),
-            "--fail-on-warning",
         ],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    # Not `--fail-on-warning`: the two warnings below are expected, and any other fails.
+    warnings = re.findall(r"WARNING parsing (\w+) (\S+) within \w+\.\s+(.+)", output)
+    assert sorted(warnings) == sorted(KNOWN_WARNINGS), output
+    assert output.count("WARNING") == len(KNOWN_WARNINGS), output
 
 
 def _import(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
@@ -353,7 +384,7 @@ async def test_a_generated_client_runs_an_import_end_to_end(
         assert importer.origin is models.ImporterOrigin.API
         assert importer.definition.format_ is models.ImporterFormat.CSV
         assert importer.definition.source.type_ is models.SourceType.UPLOAD
-        assert importer.definition.source.has_headers is False
+        assert importer.definition.source.has_secret_headers is False
         assert importer.definition.fields["email"].type_ is models.FieldSpecType.EMAIL
         assert importer.definition.fields["age"].max_ == 150
 

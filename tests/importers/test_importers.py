@@ -68,7 +68,7 @@ async def test_create_show_update_delete_an_importer(
 
     shown = (await client.get(f"{API}/importers/feed", headers=admin_headers)).json()["data"]
     assert "headers" not in shown["definition"]["source"]
-    assert shown["definition"]["source"]["has_headers"] is True
+    assert shown["definition"]["source"]["has_secret_headers"] is True
 
     changed = {**DEFINITION, "name": "Renamed", "source": {**DEFINITION["source"]}}
     del changed["source"]["headers"]
@@ -76,7 +76,7 @@ async def test_create_show_update_delete_an_importer(
     assert updated.status_code == 200, updated.text
     assert updated.json()["data"]["name"] == "Renamed"
     # Headers are write-only: leaving them out of an update keeps them.
-    assert updated.json()["data"]["definition"]["source"]["has_headers"] is True
+    assert updated.json()["data"]["definition"]["source"]["has_secret_headers"] is True
 
     deleted = await client.delete(f"{API}/importers/feed", headers=admin_headers)
     assert deleted.status_code == 204

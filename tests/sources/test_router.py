@@ -38,7 +38,7 @@ async def test_create_returns_the_source_with_defaults(
         "provider": None,
         "external_source_id": None,
         "source_priority": 0,
-        "is_active": False,
+        "onboarded": False,
         "approval_mode": "auto",
         "status": "active",
         "last_sync_started_at": None,
@@ -196,7 +196,7 @@ async def test_list_is_paginated_newest_first_with_filters(
     client: httpx.AsyncClient, admin_headers: Headers, create_source: CreateSource
 ) -> None:
     a = await create_source("a", provider="meetup", source_priority=5)
-    b = await create_source("b", ingestion_type="scrape", is_active=True)
+    b = await create_source("b", ingestion_type="scrape", onboarded=True)
     c = await create_source("c", approval_mode="manual", source_priority=1)
     await client.post(f"{PREFIX}/sources/{c['id']}/pause", headers=admin_headers)
 
@@ -209,7 +209,7 @@ async def test_list_is_paginated_newest_first_with_filters(
     assert await names("status=paused") == ["c"]
     assert await names("provider=meetup") == ["a"]
     assert await names("ingestion_type=scrape") == ["b"]
-    assert await names("is_active=true") == ["b"]
+    assert await names("onboarded=true") == ["b"]
     assert await names("approval_mode=manual") == ["c"]
     assert await names("sort=source_priority&order=desc") == ["a", "c", "b"]
     page = (await client.get(f"{PREFIX}/sources?per_page=2&page=2", headers=admin_headers)).json()
@@ -252,12 +252,12 @@ async def test_update_changes_only_the_given_fields(
     url = f"{PREFIX}/sources/{source['id']}"
     response = await client.put(
         url,
-        json={"name": "Renamed", "is_active": True, "source_priority": 3},
+        json={"name": "Renamed", "onboarded": True, "source_priority": 3},
         headers=admin_headers,
     )
     assert response.status_code == 200, response.text
     data = response.json()["data"]
-    assert (data["name"], data["is_active"], data["source_priority"]) == ("Renamed", True, 3)
+    assert (data["name"], data["onboarded"], data["source_priority"]) == ("Renamed", True, 3)
     assert (data["source_url"], data["provider"]) == (source["source_url"], "meetup")
 
     cleared = await client.put(
@@ -515,19 +515,19 @@ async def test_sync_refusals(
         assert await session.scalar(text("SELECT count(*) FROM runs")) == 0
 
 
-async def test_import_is_a_sync_that_activates_the_source(
+async def test_import_is_a_sync_that_marks_the_source_onboarded(
     client: httpx.AsyncClient,
     admin_headers: Headers,
     create_source: CreateSource,
     url_importer: UrlImporter,
 ) -> None:
     source = await create_source("a")
-    assert source["is_active"] is False
+    assert source["onboarded"] is False
     await url_importer("prices", source["id"])
     response = await client.post(f"{PREFIX}/sources/{source['id']}/import", headers=admin_headers)
     assert response.status_code == 202, response.text
     data = response.json()["data"]
-    assert data["source"]["is_active"] is True
+    assert data["source"]["onboarded"] is True
     assert data["source"]["status"] == "syncing"
     assert data["source"]["last_sync_message"].startswith("Initial import started: run(s)")
     assert [r["importer"] for r in data["runs"]] == ["prices"]
