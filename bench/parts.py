@@ -41,14 +41,14 @@ def python_steps(path: Path) -> tuple[list[tuple[str, float]], list[Any], list[A
     """Per-row CPU of each step, and the first upload's and the re-upload's plans."""
     from app.importers.schemas import ImporterDefinition
     from app.pipeline.prepare import ChunkValidator
-    from app.pipeline.readers.csv_reader import open_csv, read_slice, slice_of
+    from app.pipeline.readers.csv_reader import CsvSlice, open_csv, parse_slice
     from app.pipeline.splitter import Splitter
     from app.pipeline.writer import plan_chunk
     from app.records.store import Known, canonical
 
     importer = ImporterDefinition.model_validate(definition("parts", "all", 1000))
     with open_csv(path) as table:
-        columns, start = table.columns, table.position
+        columns, start, layout = table.columns, table.position, (table.codec, table.delimiter)
         assert start is not None
         ends = [end for number, (end, _) in enumerate(table.row_ends(), 1) if number % 1000 == 0]
     spans = list(zip([start, *ends[:-1]], ends, strict=True))
@@ -63,16 +63,20 @@ def python_steps(path: Path) -> tuple[list[tuple[str, float]], list[Any], list[A
                     splitter.duplicates_of(batch)
                     batch = []
 
+    content = path.read_bytes()
+
     def read() -> list[list[Any]]:
-        return [
-            [
-                (first + i, data, error, False)
-                for i, (data, error) in enumerate(
-                    read_slice(path, columns, slice_of(path, *span), cells=True)
-                )
-            ]
-            for first, span in zip(range(1, rows, 1000), spans, strict=True)
-        ]
+        """As a chunk job parses the byte range it read (app.pipeline.ranges)."""
+        chunks = []
+        for first, (begin, end) in zip(range(1, rows, 1000), spans, strict=True):
+            part = CsvSlice(*layout, begin, end)
+            cells = parse_slice(
+                content[begin:end], columns, part, at_end=False, breaks_before=lambda: 0
+            )
+            chunks.append(
+                [(first + i, data, error, False) for i, (data, error) in enumerate(cells)]
+            )
+        return chunks
 
     chunks = read()
     validator = ChunkValidator(importer, columns)

@@ -24,6 +24,9 @@ from app.core.queue import close_queue, create_queue
 from app.main import create_app
 from tests import servers
 
+# The S3 server fixtures (`s3`, a fresh bucket on moto's server on loopback).
+pytest_plugins = ["tests.objects"]
+
 # Several checkouts may share one server: INGEST_TEST_DB_NAME keeps their databases apart.
 TEST_DB_NAME = os.environ.get("INGEST_TEST_DB_NAME", "ingest_test")
 

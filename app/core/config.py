@@ -16,7 +16,12 @@ class Settings(BaseSettings):
     redis_url: str | None = None
 
     api_prefix: str = "/api/v1/ingest"
+    # Inputs and chunk payloads: in `storage_dir`, or in a bucket (s3://bucket/prefix, with
+    # the endpoint of a non-AWS server and the usual AWS_* credentials), when `storage_dir`
+    # only holds each process's temporary copies.
     storage_dir: Path = Path(".ingest/storage")
+    storage_url: str | None = Field(None, pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")
+    s3_endpoint_url: str | None = None
     importers_dir: Path | None = None
     queue_name: str = "ingest:queue"
 

@@ -7,6 +7,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import text
 
+from app.core.storage import storage_of
+
 router = APIRouter(tags=["health"])
 
 PROBE_TIMEOUT = 3.0
@@ -36,11 +38,16 @@ async def _check_redis(request: Request) -> None:
     await request.app.state.queue.ping()
 
 
+async def _check_storage(request: Request) -> None:
+    await storage_of(request.app.state.settings).check()
+
+
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 async def readyz(request: Request) -> JSONResponse:
-    """Postgres and Redis both answer."""
+    """Postgres, Redis and the storage all answer."""
     checks: dict[str, str] = {}
-    for name, probe in (("postgres", _check_postgres), ("redis", _check_redis)):
+    probes = (("postgres", _check_postgres), ("redis", _check_redis), ("storage", _check_storage))
+    for name, probe in probes:
         try:
             await asyncio.wait_for(probe(request), PROBE_TIMEOUT)
             checks[name] = "ok"

@@ -7,18 +7,16 @@ row of an NDJSON file), integers of over ``MAX_INT_DIGITS`` digits or outside th
 characters (Postgres cannot store either in JSONB), and items that are not objects.
 """
 
-import hashlib
 import json
 import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
 
 from app.core.errors import PayloadTooLarge, ValidationFailed
-from app.core.storage import new_key, path_for, remove_quietly
+from app.core.storage import Storage, Stored, new_key
 
 MAX_DEPTH = 64
 # Bounds the cost of parsing (Python's own limit for int()); the narrower 64-bit range below is
@@ -180,44 +178,16 @@ def canonical_json(items: list[dict[str, Any]]) -> str:
     return json.dumps(items, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-@dataclass(frozen=True)
-class StoredFile:
-    key: str
-    size: int
-    sha256: str
-
-
-def store_items(storage_dir: Path, items: list[dict[str, Any]], *, as_array: bool) -> StoredFile:
+async def store_items(storage: Storage, items: list[dict[str, Any]], *, as_array: bool) -> Stored:
     """Write the items under a server-made key: NDJSON (one object a line) or a JSON array."""
     key = new_key(".json" if as_array else ".ndjson")
-    path = path_for(storage_dir, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    size = 0
-    try:
-        with path.open("wb") as fh:
-            if as_array:
-                fh.write(b"[")
-                digest.update(b"[")
-                size += 1
-            for index, item in enumerate(items):
-                line = orjson.dumps(item)  # parse_push left only what orjson writes
-                if as_array:
-                    line = (b"," if index else b"") + line
-                else:
-                    line += b"\n"
-                fh.write(line)
-                digest.update(line)
-                size += len(line)
-            if as_array:
-                fh.write(b"]")
-                digest.update(b"]")
-                size += 1
-    except BaseException:
-        remove_quietly(path)
-        raise
-    return StoredFile(key=key, size=size, sha256=digest.hexdigest())
+    lines = map(orjson.dumps, items)  # parse_push left only what orjson writes
+    body = b"[" + b",".join(lines) + b"]" if as_array else b"".join(line + b"\n" for line in lines)
+    async with storage.writing(key) as out:
+        for start in range(0, len(body), _BLOCK_BYTES):
+            await out.write(body[start : start + _BLOCK_BYTES])
+    assert out.stored is not None
+    return out.stored
 
 
-def discard(storage_dir: Path, stored: StoredFile) -> None:
-    remove_quietly(path_for(storage_dir, stored.key))
+_BLOCK_BYTES = 1 << 20

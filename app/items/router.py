@@ -4,7 +4,6 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Request, status
 from sqlalchemy.ext.asyncio import AsyncSession
-from starlette.concurrency import run_in_threadpool
 
 from app.auth.dependencies import Principal, require
 from app.auth.permissions import CREATE, REVIEW, VIEW
@@ -13,6 +12,7 @@ from app.core.errors import error_responses
 from app.core.idempotency import IdempotencyDep, fingerprint
 from app.core.pagination import One, Page, PageParams, page_params, paginate
 from app.core.params import ItemId, QueryInt
+from app.core.storage import storage_of
 from app.items import hooks, payload, service
 from app.items.models import Item
 from app.items.schemas import (
@@ -96,9 +96,8 @@ async def push_items(
     hooks.align_columns(definition, items)
 
     as_array = definition.format == "json"
-    stored = await run_in_threadpool(
-        payload.store_items, settings.storage_dir, items, as_array=as_array
-    )
+    storage = storage_of(settings)
+    stored = await payload.store_items(storage, items, as_array=as_array)
     try:
         run = await runs_service.create_run(
             session,
@@ -115,7 +114,7 @@ async def push_items(
         result = {"data": {"queued": len(items), "source_id": source_id, "run_id": run.id}}
         await idempotency.save(session, principal.token_id, request_hash, 202, result)
     except BaseException:
-        payload.discard(settings.storage_dir, stored)
+        await storage.delete(stored.key)
         raise
     split_after_commit(request, run.id)
     return result

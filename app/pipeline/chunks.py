@@ -1,21 +1,20 @@
 """A chunk's payload: the raw rows of one slice of a run, and the validated form they take
 when the chunk is applied.
 
-Payloads are files in the shared storage directory (``chunks/<run>/<index>.json``), written
+Payloads are objects in the storage (``chunks/<run>/<index>.json``, app.core.storage), written
 before the chunk's ledger row is committed and removed after the chunk is applied: bulk rows
 stay out of Postgres' WAL, while the ledger row in Postgres stays the truth. Rows are compact
 JSON arrays: ``[row_number, original, read_error, duplicate]``. Validation happens when the
 chunk is applied, so that it runs in parallel on every worker rather than in the splitter.
 """
 
-import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
+
+from app.core.storage import Storage
 
 
 @dataclass(frozen=True)
@@ -64,29 +63,22 @@ def decode(payload: bytes) -> list[RawRow]:
     return rows
 
 
-def run_dir(storage_dir: Path, run_id: int) -> Path:
-    return storage_dir / "chunks" / str(run_id)
+def run_prefix(run_id: int) -> str:
+    """Where a run's chunk payloads (and its split's checkpoint) are stored."""
+    return f"chunks/{run_id}"
 
 
-def payload_path(storage_dir: Path, run_id: int, index: int) -> Path:
-    return run_dir(storage_dir, run_id) / f"{index}.json"
+def payload_key(run_id: int, index: int) -> str:
+    return f"{run_prefix(run_id)}/{index}.json"
 
 
-def write_payload(path: Path, rows: list[RawRow]) -> None:
-    write_atomically(path, encode(rows))
+async def write_payload(storage: Storage, run_id: int, index: int, rows: list[RawRow]) -> None:
+    await storage.put(payload_key(run_id, index), encode(rows))
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """A reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+async def read_payload(storage: Storage, run_id: int, index: int) -> list[RawRow]:
+    return decode(await storage.read(payload_key(run_id, index)))
 
 
-def read_payload(path: Path) -> list[RawRow]:
-    return decode(path.read_bytes())
-
-
-def remove_run_payloads(storage_dir: Path, run_id: int) -> None:
-    shutil.rmtree(run_dir(storage_dir, run_id), ignore_errors=True)
+async def remove_run_payloads(storage: Storage, run_id: int) -> None:
+    await storage.delete_prefix(run_prefix(run_id))

@@ -2,7 +2,6 @@
 time capped, private and loopback addresses refused unless ``INGEST_ALLOW_PRIVATE_URLS``."""
 
 import asyncio
-import hashlib
 import ipaddress
 import socket
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from app.core.config import Settings
-from app.core.storage import extension, new_key, path_for, remove_quietly
+from app.core.storage import TooLarge, extension, new_key, storage_of
 from app.core.url_secrets import mask_url, origin
 
 
@@ -57,10 +56,6 @@ async def fetch_to_storage(url: str, headers: dict[str, str], settings: Settings
     limit = settings.url_max_mb * 1024 * 1024
     name = Path(urlsplit(url).path).name or "download"
     key = new_key(extension(name))
-    path = path_for(settings.storage_dir, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    size = 0
     timeout = httpx.Timeout(settings.url_timeout_seconds)
     try:
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
@@ -75,20 +70,11 @@ async def fetch_to_storage(url: str, headers: dict[str, str], settings: Settings
                         continue
                     if response.status_code >= 400:
                         raise FetchError(f"The URL answered HTTP {response.status_code}.")
-                    with path.open("wb") as out:
-                        async for block in response.aiter_bytes(1 << 16):
-                            size += len(block)
-                            if size > limit:
-                                raise FetchError(
-                                    f"The download is over the {settings.url_max_mb} MB limit."
-                                )
-                            digest.update(block)
-                            out.write(block)
-                    return Fetched(key, size, digest.hexdigest(), name)
+                    blocks = response.aiter_bytes(1 << 16)
+                    stored = await storage_of(settings).write_stream(key, blocks, limit=limit)
+                    return Fetched(key, stored.size, stored.sha256, name)
             raise FetchError(f"Too many redirects (more than {settings.url_max_redirects}).")
+    except TooLarge as exc:
+        raise FetchError(f"The download is over the {settings.url_max_mb} MB limit.") from exc
     except httpx.HTTPError as exc:
-        remove_quietly(path)
         raise FetchError(f"Fetching the URL failed: {type(exc).__name__}: {exc}") from exc
-    except FetchError:
-        remove_quietly(path)
-        raise

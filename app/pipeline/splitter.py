@@ -19,7 +19,6 @@ import time
 from array import array
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -31,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.core.config import Settings
 from app.core.db import json_dumps, unit_of_work
 from app.core.queue import enqueue_chunk, enqueue_quietly
-from app.core.storage import path_for
+from app.core.storage import Storage, storage_of
 from app.importers.models import Importer
 from app.importers.schemas import ImporterDefinition
 from app.pipeline import chunks, lifecycle
@@ -109,8 +108,8 @@ class Checkpoint:
     seen: bytes  # the keys met so far (`Splitter.state`)
 
 
-def checkpoint_path(storage_dir: Path, run_id: int) -> Path:
-    return chunks.run_dir(storage_dir, run_id) / "split.state"
+def checkpoint_key(run_id: int) -> str:
+    return f"{chunks.run_prefix(run_id)}/split.state"
 
 
 def _stamp(definition: ImporterDefinition) -> str:
@@ -119,11 +118,13 @@ def _stamp(definition: ImporterDefinition) -> str:
     return f"{definition_salt(definition).hex()}/{pl.__version__}"
 
 
-def load_checkpoint(path: Path, definition: ImporterDefinition, stored: int) -> Checkpoint | None:
+async def load_checkpoint(
+    storage: Storage, run_id: int, definition: ImporterDefinition, stored: int
+) -> Checkpoint | None:
     """The checkpoint an earlier attempt of the split saved, unless it does not hold (another
     definition, another polars) or is past the `stored` chunks the ledger has."""
     try:
-        head, _, seen = path.read_bytes().partition(b"\n")
+        head, _, seen = (await storage.read(checkpoint_key(run_id))).partition(b"\n")
     except FileNotFoundError:
         return None
     fields = orjson.loads(head)
@@ -140,23 +141,24 @@ class _Checkpoints:
     a killed split goes on from there rather than reading the input again."""
 
     def __init__(
-        self, path: Path, definition: ImporterDefinition, splitter: "Splitter", every_s: float
+        self,
+        storage: Storage,
+        run_id: int,
+        definition: ImporterDefinition,
+        splitter: "Splitter",
+        every_s: float,
     ) -> None:
-        self.path, self.stamp, self.splitter, self.every_s = (
-            path,
-            _stamp(definition),
-            splitter,
-            every_s,
-        )
+        self.storage, self.key, self.stamp = storage, checkpoint_key(run_id), _stamp(definition)
+        self.splitter, self.every_s = splitter, every_s
         self.saved_at = time.monotonic()
 
     def due(self, store: "_Store") -> bool:
         caught_up = not store.pending and store.stored == store.index
         return caught_up and time.monotonic() - self.saved_at >= self.every_s
 
-    def save(self, at: Position) -> None:
+    async def save(self, at: Position) -> None:
         head = orjson.dumps({"stamp": self.stamp, "seed": self.splitter.seed, **asdict(at)})
-        chunks.write_atomically(self.path, head + b"\n" + self.splitter.state())
+        await self.storage.put(self.key, head + b"\n" + self.splitter.state())
         self.saved_at = time.monotonic()
 
 
@@ -307,14 +309,14 @@ async def split_run(
         async with unit_of_work(factory) as session:
             await lifecycle.maybe_finalize(session, run_id, definition)
         return
-    state_path = checkpoint_path(settings.storage_dir, run_id)
-    saved = load_checkpoint(state_path, definition, resume_from) if resume_from else None
+    storage = storage_of(settings)
+    saved = await load_checkpoint(storage, run_id, definition, resume_from) if resume_from else None
 
     def store_and_checkpoints(splitter: Splitter) -> tuple[_Store, _Checkpoints]:
         start = 0 if saved is None else saved.at.index
         store = _Store(factory, queue, settings, run_id, resume_from, claim, start)
         every_s = settings.split_checkpoint_seconds
-        return store, _Checkpoints(state_path, definition, splitter, every_s)
+        return store, _Checkpoints(storage, run_id, definition, splitter, every_s)
 
     try:
         if kind == "retry":
@@ -328,23 +330,23 @@ async def split_run(
         else:
             if file_key is None:
                 raise ReadError("The run has no input file.")
-            path = path_for(settings.storage_dir, file_key)
             fmt, sheet = definition.format, definition.source.sheet
-            with open_table(path, fmt, filename=filename, sheet=sheet) as table:
-                if isinstance(table, CsvTable) and table.position is not None:
-                    splitter = Splitter(definition, table.columns, saved)
-                    store, checkpoints = store_and_checkpoints(splitter)
-                    _log_resume(run_id, resume_from, saved)
-                    if saved is not None:
-                        table.seek(saved.at.offset, saved.at.lines)
-                    await _split_ranges(store, definition, splitter, table, checkpoints, saved)
-                else:
-                    # Rows parsed from the start (XLSX, JSON): chunks stored are passed over.
-                    splitter = Splitter(definition, table.columns)
-                    store = _Store(factory, queue, settings, run_id, resume_from, claim)
-                    _log_resume(run_id, resume_from, None)
-                    rows = _aiter(_numbered(table.rows()))
-                    await _split(store, definition, splitter, table.columns, rows)
+            async with storage.local_file(file_key) as path:
+                with open_table(path, fmt, filename=filename, sheet=sheet) as table:
+                    if isinstance(table, CsvTable) and table.position is not None:
+                        splitter = Splitter(definition, table.columns, saved)
+                        store, checkpoints = store_and_checkpoints(splitter)
+                        _log_resume(run_id, resume_from, saved)
+                        if saved is not None:
+                            table.seek(saved.at.offset, saved.at.lines)
+                        await _split_ranges(store, definition, splitter, table, checkpoints, saved)
+                    else:
+                        # Rows parsed from the start (XLSX, JSON): chunks stored are passed over.
+                        splitter = Splitter(definition, table.columns)
+                        store = _Store(factory, queue, settings, run_id, resume_from, claim)
+                        _log_resume(run_id, resume_from, None)
+                        rows = _aiter(_numbered(table.rows()))
+                        await _split(store, definition, splitter, table.columns, rows)
     except (ReadError, MissingColumns) as exc:
         async with unit_of_work(factory) as session:
             await lifecycle.fail_run(session, run_id, str(exc))
@@ -457,7 +459,7 @@ class _Store:
         claim: chunks.Claim | None = None,
         start: int = 0,
     ) -> None:
-        self.factory, self.queue, self.storage_dir = factory, queue, settings.storage_dir
+        self.factory, self.queue, self.storage = factory, queue, storage_of(settings)
         self.run_id, self.resume_from, self.claim = run_id, resume_from, claim
         self.hold_s = settings.test_split_hold_seconds
         self.index = self.stored = start  # the next chunk's index; the chunks stored
@@ -480,7 +482,7 @@ class _Store:
         if index < self.resume_from:
             return False
         if rows is not None:
-            chunks.write_payload(chunks.payload_path(self.storage_dir, self.run_id, index), rows)
+            await chunks.write_payload(self.storage, self.run_id, index, rows)
         start, end = span or (None, None)
         self.pending.append(
             {
@@ -585,7 +587,7 @@ async def _split(
             batch = marked(batch)
             cancelled = await store.chunk(batch[0][0], len(batch), total, columns, rows=batch)
             if checkpoints is not None and checkpoints.due(store):
-                checkpoints.save(Position(store.index, batch[-1][0], 0, total, 0))
+                await checkpoints.save(Position(store.index, batch[-1][0], 0, total, 0))
             batch = []
             if cancelled:
                 break
@@ -632,7 +634,7 @@ async def _split_ranges(
             cancelled = await store_chunk()
             first, start, keyed = first + len(keyed), end, []
             if checkpoints.due(store):
-                checkpoints.save(Position(store.index, end, first, total, table.lines_read))
+                await checkpoints.save(Position(store.index, end, first, total, table.lines_read))
             if cancelled:
                 break
     if cancelled:

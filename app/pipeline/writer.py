@@ -12,14 +12,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.db import json_dumps, raw_connection, unit_of_work
-from app.core.storage import path_for
+from app.core.storage import Storage
 from app.importers.schemas import ImporterDefinition
 from app.items.staging import foreign_open_keys, stage_rows
 from app.pipeline import lifecycle
@@ -28,13 +27,13 @@ from app.pipeline.chunks import (
     Claim,
     RawRow,
     original_dict,
-    payload_path,
+    payload_key,
     read_payload,
     remove_run_payloads,
 )
 from app.pipeline.prepare import INVALID, ChunkValidator, Unchanged
+from app.pipeline.ranges import read_range
 from app.pipeline.readers import ReadError
-from app.pipeline.readers.csv_reader import read_slice, slice_of
 from app.records.store import NUL, Known, Table, Write, Writes, canonical, nul_errors
 from app.runs.rowlog import CODES, encode
 
@@ -233,7 +232,7 @@ class LeaseLost(Exception):
 
 async def apply_chunk(
     factory: async_sessionmaker[AsyncSession],
-    storage_dir: Path,
+    storage: Storage,
     run_id: int,
     index: int,
     claim: Claim | None = None,
@@ -243,7 +242,6 @@ async def apply_chunk(
     """Apply a chunk once. With a ``claim``, only while that claim still holds the chunk
     (else LeaseLost, nothing committed). ``hold_s`` is a test hook: a sleep once the ledger
     row is locked."""
-    path = payload_path(storage_dir, run_id, index)
     async with unit_of_work(factory) as session:
         conn = await raw_connection(session)
         chunk = await conn.fetchrow(
@@ -258,13 +256,9 @@ async def apply_chunk(
         pending = chunk is not None and chunk["status"] == "pending"
         if pending and claim is not None and not _holds(chunk, claim):
             raise LeaseLost(f"chunk {index} of run {run_id} was taken over by another worker")
-        finished = pending and await _apply_pending(
-            session, conn, storage_dir, chunk, run_id, index
-        )
+        finished = pending and await _apply_pending(session, conn, storage, chunk, run_id, index)
     # Committed: the payload is no longer needed.
-    path.unlink(missing_ok=True)
-    if finished:
-        remove_run_payloads(storage_dir, run_id)
+    await _drop_payloads(storage, chunk, run_id, index, finished)
 
 
 def _holds(chunk: asyncpg.Record, claim: Claim) -> bool:
@@ -274,7 +268,7 @@ def _holds(chunk: asyncpg.Record, claim: Claim) -> bool:
 async def _apply_pending(
     session: AsyncSession,
     conn: asyncpg.Connection,
-    storage_dir: Path,
+    storage: Storage,
     chunk: asyncpg.Record,
     run_id: int,
     index: int,
@@ -286,12 +280,22 @@ async def _apply_pending(
         await _close_chunk(conn, run_id, index, "cancelled")
         await _count(conn, run_id, Plan())
         return await lifecycle.maybe_finalize(session, run_id, definition)
-    raws = read_chunk(storage_dir, chunk, run_id, index, run["file_key"], run["columns"])
+    raws = await read_chunk(storage, chunk, run_id, index, run["file_key"], run["columns"])
     return await _apply(session, conn, raws, definition, run_id, chunk, index, run)
 
 
-def read_chunk(
-    storage_dir: Path,
+async def _drop_payloads(
+    storage: Storage, chunk: asyncpg.Record | None, run_id: int, index: int, finished: bool
+) -> None:
+    """After a chunk's commit: its payload (if it has one), and the run's with its end."""
+    if finished:
+        await remove_run_payloads(storage, run_id)
+    elif chunk is not None and chunk["byte_start"] is None:
+        await storage.delete(payload_key(run_id, index))
+
+
+async def read_chunk(
+    storage: Storage,
     chunk: asyncpg.Record,
     run_id: int,
     index: int,
@@ -301,11 +305,13 @@ def read_chunk(
     """A chunk's raw rows (`chunk` has CHUNK_COLUMNS): its byte range of the run's CSV input,
     parsed here, or its payload."""
     if chunk["byte_start"] is None:
-        return read_payload(payload_path(storage_dir, run_id, index))
+        return await read_payload(storage, run_id, index)
     assert file_key is not None  # byte ranges are cut from an input file
-    path = path_for(storage_dir, file_key)
-    part = slice_of(path, chunk["byte_start"], chunk["byte_end"])
-    rows = read_slice(path, columns, part, cells=True)
+    size = await storage.size(file_key)
+    if size is None:
+        raise FileNotFoundError(file_key)
+    start, end = chunk["byte_start"], chunk["byte_end"]
+    rows = await read_range(storage, file_key, columns, start, end, size=size)
     if len(rows) != chunk["row_count"]:
         raise ReadError(f"The input file changed: chunk {index} no longer has its rows.")
     numbers = range(chunk["first_row"], chunk["first_row"] + len(rows))
@@ -316,8 +322,8 @@ def read_chunk(
     ]
 
 
-def originals_of(
-    storage_dir: Path,
+async def originals_of(
+    storage: Storage,
     file_key: str,
     file_size: int | None,
     columns: list[str],
@@ -328,8 +334,10 @@ def originals_of(
     are the (first_row, row_count, byte_start, byte_end) of the byte-range chunks that hold
     them. None are read from a file whose size is not the upload's (it changed); raises
     OSError when the file is gone."""
-    path = path_for(storage_dir, file_key)
-    if file_size is not None and path.stat().st_size != file_size:
+    size = await storage.size(file_key)
+    if size is None:
+        raise FileNotFoundError(file_key)
+    if file_size is not None and size != file_size:
         return {}
     found: dict[int, dict[str, Any]] = {}
     for first, count, start, end in spans:
@@ -338,9 +346,11 @@ def originals_of(
             continue
         # Parsed up to the last row wanted: the first rows of a run are shown most.
         limit = max(wanted) - first + 1
-        rows = read_slice(path, columns, slice_of(path, start, end), limit=limit)
+        rows = await read_range(storage, file_key, columns, start, end, size=size, limit=limit)
         if len(rows) == limit:  # else the range no longer holds its rows
-            found.update((number, rows[number - first][0]) for number in wanted)
+            found.update(
+                (number, original_dict(rows[number - first][0], columns)) for number in wanted
+            )
     return found
 
 
@@ -508,7 +518,7 @@ async def _count(conn: asyncpg.Connection, run_id: int, plan: Plan) -> None:
 
 async def fail_chunk(
     factory: async_sessionmaker[AsyncSession],
-    storage_dir: Path,
+    storage: Storage,
     run_id: int,
     index: int,
     reason: str,
@@ -516,7 +526,6 @@ async def fail_chunk(
 ) -> None:
     """Give up on a chunk that keeps failing: its rows are failed with the reason, so the run
     can finish and the rows can be retried. With a ``claim``, only while it holds the chunk."""
-    path = payload_path(storage_dir, run_id, index)
     async with unit_of_work(factory) as session:
         conn = await raw_connection(session)
         chunk = await conn.fetchrow(
@@ -535,8 +544,8 @@ async def fail_chunk(
         plan = Plan()
         errors = _json({"message": f"The row could not be written: {reason}"[:1000]})
         try:
-            rows = read_chunk(
-                storage_dir, chunk, run_id, index, chunk["file_key"], chunk["columns"]
+            rows = await read_chunk(
+                storage, chunk, run_id, index, chunk["file_key"], chunk["columns"]
             )
         except (OSError, ValueError, ReadError):
             rows = []  # the rows themselves are lost: count them failed, log none
@@ -550,6 +559,4 @@ async def fail_chunk(
         await _close_chunk(conn, run_id, index, "failed")
         await _count(conn, run_id, plan)
         finished = await lifecycle.maybe_finalize(session, run_id, definition)
-    path.unlink(missing_ok=True)
-    if finished:
-        remove_run_payloads(storage_dir, run_id)
+    await _drop_payloads(storage, chunk, run_id, index, finished)

@@ -10,9 +10,11 @@ from app.core.deps import SessionDep, SettingsDep, check_queue_room, split_after
 from app.core.errors import UnsupportedMediaType, ValidationFailed, error_responses
 from app.core.idempotency import IdempotencyDep, fingerprint
 from app.core.pagination import One
-from app.core.uploads import receive_upload
+from app.core.storage import Storage, storage_of
+from app.core.uploads import Upload, receive_upload
 from app.importers import service as importers
 from app.pipeline.readers import ReadError, check_format
+from app.pipeline.readers.base import check_head
 from app.runs import service
 from app.runs.schemas import RunOut, TriggerIn
 
@@ -39,10 +41,24 @@ UPLOAD_BODY = {
 }
 
 
-def _check_format(path: Any, filename: str, expected: str) -> None:
+class _LookInside(Exception):
+    """Only the whole file tells: a ZIP archive whose name does not say it is a workbook."""
+
+
+def _look_inside() -> bool:
+    raise _LookInside
+
+
+async def _check_format(storage: Storage, upload: Upload, expected: str) -> None:
     """Refuse at the door what is obviously not the importer's format (415)."""
+    assert upload.key is not None
+    filename = upload.filename or ""
     try:
-        check_format(path, filename, expected)
+        try:
+            check_head(upload.head, filename, expected, _look_inside)
+        except _LookInside:
+            async with storage.local_file(upload.key) as path:
+                check_format(path, filename, expected)
     except ReadError as exc:
         raise UnsupportedMediaType(str(exc)) from exc
 
@@ -70,16 +86,16 @@ async def upload(
             f"Importer '{importer}' takes no uploads (its source is {definition.source.type})."
         )
     await check_queue_room(request)
-    received = await receive_upload(request, settings.storage_dir, settings.max_upload_bytes)
+    storage = storage_of(settings)
+    received = await receive_upload(request, storage, settings.max_upload_bytes)
     dry_run = received.fields.get("dry_run", "").strip().lower() in TRUE
     request_hash = fingerprint("upload", importer, received.sha256, str(dry_run))
     try:
         replayed = await idempotency.replay(session, principal.token_id, request_hash)
         if replayed is not None:
-            received.discard()
+            await received.discard(storage)
             return replayed
-        assert received.path is not None
-        _check_format(received.path, received.filename or "", definition.format)
+        await _check_format(storage, received, definition.format)
         run = await service.create_run(
             session,
             found,
@@ -93,7 +109,7 @@ async def upload(
             file_size=received.size,
         )
     except BaseException:
-        received.discard()
+        await received.discard(storage)
         raise
     result = {"data": service.to_resource(run)}
     await idempotency.save(session, principal.token_id, request_hash, 202, result)

@@ -17,6 +17,7 @@ from app.core.errors import error_responses
 from app.core.idempotency import IdempotencyDep, fingerprint
 from app.core.pagination import One, Page, PageParams, build_page, page_params, paginate
 from app.core.params import RunId
+from app.core.storage import storage_of
 from app.runs import service
 from app.runs.schemas import RetryIn, RowOut, RowStatus, RunListItemOut, RunOut, RunStatus
 
@@ -77,7 +78,7 @@ async def show_run(
 ) -> dict[str, Any]:
     """Show a run with its progress, summary and first rows."""
     found = await service.get_run(session, run, source_id=principal.source_id)
-    rows = await service.first_rows(session, found, settings.max_show_rows, settings.storage_dir)
+    rows = await service.first_rows(session, found, settings.max_show_rows, storage_of(settings))
     return {"data": service.to_resource(found, rows)}
 
 
@@ -95,7 +96,7 @@ async def list_rows(
     found = await service.get_run(session, run, source_id=principal.source_id)
     offset = (params.page - 1) * params.per_page
     rows, total = await service.rows_page(
-        session, found, status, offset, params.per_page, settings.storage_dir
+        session, found, status, offset, params.per_page, storage_of(settings)
     )
     return build_page(request, rows, total, params)
 

@@ -1,14 +1,11 @@
 """Runs: creation (every front door ends here), the IngestRunResource shape, and what
 operators do with runs (list, show, cancel, retry, error summary, failed-rows export, prune)."""
 
-import asyncio
 import csv
-import functools
 import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Select, delete, exists, func, or_, select, text, update
@@ -16,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.db import json_dumps
 from app.core.errors import BadRequest, Conflict, NotFound
+from app.core.storage import Storage
 from app.core.timefmt import iso
 from app.importers import service as importers_service
 from app.importers.models import Importer
@@ -173,25 +171,25 @@ async def get_run(
 
 
 async def rows_page(
-    session: AsyncSession, run: Run, status: str | None, offset: int, limit: int, storage_dir: Path
+    session: AsyncSession, run: Run, status: str | None, offset: int, limit: int, storage: Storage
 ) -> tuple[list[dict[str, Any]], int]:
     """IngestRowResources (SPEC §5) of the run at [offset, offset + limit) in row order, with
     their data, and the number of rows (of `status`, when given)."""
     rows, total = await rowlog.page(session, run.id, status, offset, limit)
-    return await with_originals(session, run, rows, storage_dir), total
+    return await with_originals(session, run, rows, storage), total
 
 
 async def first_rows(
-    session: AsyncSession, run: Run, limit: int, storage_dir: Path
+    session: AsyncSession, run: Run, limit: int, storage: Storage
 ) -> list[dict[str, Any]]:
     if limit <= 0:
         return []
-    rows, _ = await rows_page(session, run, None, 0, limit, storage_dir)
+    rows, _ = await rows_page(session, run, None, 0, limit, storage)
     return rows
 
 
 async def with_originals(
-    session: AsyncSession, run: Run, rows: list[dict[str, Any]], storage_dir: Path
+    session: AsyncSession, run: Run, rows: list[dict[str, Any]], storage: Storage
 ) -> list[dict[str, Any]]:
     """Row resources with the data the row log keeps no copy of (rows of CSV chunks that did
     not fail) read back from the run's input file. It stays null if the file was changed
@@ -210,9 +208,8 @@ async def with_originals(
         )
     ).all()
     file, columns = (run.file_key, run.file_size), list(run.columns or [])
-    read = functools.partial(originals_of, storage_dir, *file, columns, spans, numbers)
     try:
-        found = await asyncio.to_thread(read)  # parsing is CPU work: off the event loop
+        found = await originals_of(storage, *file, columns, spans, numbers)
     except (OSError, ValueError, ReadError):
         return rows
     for row in rows:

@@ -23,6 +23,7 @@ from app.core.queue import (
     split_job_id,
     taken_by_a_worker,
 )
+from app.core.storage import Storage, storage_of
 from app.pipeline import lifecycle
 from app.pipeline.chunks import remove_run_payloads
 
@@ -132,7 +133,9 @@ async def reconcile(ctx: dict[str, Any], *, thorough: bool = True) -> dict[str, 
             text("DELETE FROM workers WHERE last_beat < now() - make_interval(secs => :after)"),
             {"after": max(10 * settings.lease_seconds, WORKER_FORGOTTEN_AFTER_S)},
         )
-    _remove_finished_payloads(settings.storage_dir, await _finished_runs(factory, settings))
+    storage = storage_of(settings)
+    for run_id in await _finished_runs(factory, storage):
+        await remove_run_payloads(storage, run_id)
     # A worker that died after arq gave it a job but before the job claimed its work leaves
     # that job "in progress" in arq (for its timeout) and nothing claimed in Postgres: in a run
     # that stopped progressing, such work is enqueued under a job id of its own, new every
@@ -167,11 +170,10 @@ async def _taken(queue: Any, job_id: str) -> bool:
         return False
 
 
-async def _finished_runs(factory: Any, settings: Any) -> set[int]:
-    """Runs with a payload directory that are no longer running (failed mid-way, cancelled,
+async def _finished_runs(factory: Any, storage: Storage) -> set[int]:
+    """Runs with chunk payloads that are no longer running (failed mid-way, cancelled,
     or deleted with their importer): their payloads will never be read."""
-    root = settings.storage_dir / "chunks"
-    ids = [int(p.name) for p in root.iterdir() if p.name.isdigit()] if root.is_dir() else []
+    ids = [int(name) for name in await storage.prefixes("chunks") if name.isdigit()]
     if not ids:
         return set()
     async with factory() as session:
@@ -182,8 +184,3 @@ async def _finished_runs(factory: Any, settings: Any) -> set[int]:
             {"ids": ids},
         )
         return set(ids) - set(running.scalars())
-
-
-def _remove_finished_payloads(storage_dir: Any, run_ids: set[int]) -> None:
-    for run_id in run_ids:
-        remove_run_payloads(storage_dir, run_id)

@@ -13,6 +13,7 @@ from sqlalchemy import select, text
 from app.core.config import Settings
 from app.core.db import unit_of_work
 from app.core.queue import enqueue_quietly, enqueue_split
+from app.core.storage import storage_of
 from app.importers.models import Importer
 from app.importers.schemas import ImporterDefinition
 from app.pipeline import lifecycle, splitter, writer
@@ -130,9 +131,9 @@ async def apply_chunk(ctx: dict[str, Any], run_id: int, index: int) -> None:
         return
     if settings.test_chunk_claim_hold_seconds:
         await asyncio.sleep(settings.test_chunk_claim_hold_seconds)
-    storage_dir, hold_s = settings.storage_dir, settings.test_chunk_hold_seconds
+    storage, hold_s = storage_of(settings), settings.test_chunk_hold_seconds
     try:
-        await writer.apply_chunk(factory, storage_dir, run_id, index, claim, hold_s=hold_s)
+        await writer.apply_chunk(factory, storage, run_id, index, claim, hold_s=hold_s)
     except writer.LeaseLost as exc:
         log.warning("%s; this worker's copy was rolled back", exc)
         return
@@ -158,9 +159,9 @@ async def apply_chunk(ctx: dict[str, Any], run_id: int, index: int) -> None:
 
 
 async def _give_up(ctx: dict[str, Any], run_id: int, index: int, claim: Claim, reason: str) -> None:
-    factory, storage_dir = ctx["session_factory"], ctx["settings"].storage_dir
+    factory, storage = ctx["session_factory"], storage_of(ctx["settings"])
     try:
-        await writer.fail_chunk(factory, storage_dir, run_id, index, reason, claim)
+        await writer.fail_chunk(factory, storage, run_id, index, reason, claim)
     except Exception:
         # Even failing the chunk's rows failed: end the run rather than retry forever.
         log.exception("failing chunk %s of run %s failed", index, run_id)

@@ -2,6 +2,7 @@ import httpx
 
 from app.core.config import Settings
 from app.main import create_app
+from tests.objects import S3
 
 
 async def test_healthz_answers_without_a_token(client: httpx.AsyncClient) -> None:
@@ -10,10 +11,28 @@ async def test_healthz_answers_without_a_token(client: httpx.AsyncClient) -> Non
     assert response.json() == {"status": "ok"}
 
 
-async def test_readyz_reports_both_services_ok(client: httpx.AsyncClient) -> None:
+async def test_readyz_reports_every_service_ok(client: httpx.AsyncClient) -> None:
     response = await client.get("/readyz")
     assert response.status_code == 200
-    assert response.json()["checks"] == {"postgres": "ok", "redis": "ok"}
+    assert response.json()["checks"] == {"postgres": "ok", "redis": "ok", "storage": "ok"}
+
+
+async def test_readyz_is_503_and_names_the_storage_when_its_bucket_is_missing(
+    settings: Settings,
+    s3: S3,
+) -> None:
+    missing = f"s3://{s3.bucket}-gone/ingest"
+    broken = settings.model_copy(update={"storage_url": missing, "s3_endpoint_url": s3.endpoint})
+    app = create_app(broken)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            response = await client.get("/readyz")
+    assert response.status_code == 503
+    body = response.json()
+    assert (body["checks"]["postgres"], body["checks"]["redis"]) == ("ok", "ok")
+    assert body["checks"]["storage"].startswith("unavailable")
+    assert body["message"] == "Not ready: storage unreachable."
 
 
 async def test_readyz_is_503_and_names_redis_when_redis_is_unreachable(settings: Settings) -> None:

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core import migrate
 from app.core.config import Settings
+from app.core.storage import storage_of
 from app.items import staging
 from app.pipeline import splitter, writer
 from tests.conftest import CreateImporter, MakeToken, RunWorker
@@ -231,7 +232,7 @@ async def test_two_runs_staging_one_key_at_once_leave_one_open_item(
 
     async def refresh_then_let_the_other_run_stage(conn: Any, ids: Any, **kwargs: Any) -> None:
         if not during:  # the first run, inside its transaction: the other one starts now
-            other = writer.apply_chunk(session_factory, settings.storage_dir, second, 0)
+            other = writer.apply_chunk(session_factory, storage_of(settings), second, 0)
             during.append(asyncio.create_task(other))
             # Until it waits for this transaction (or, staging as before, ends without).
             while not await _waiting_on_a_lock(session_factory):
@@ -242,7 +243,7 @@ async def test_two_runs_staging_one_key_at_once_leave_one_open_item(
         await refresh(conn, ids, **kwargs)
 
     monkeypatch.setattr(staging, "refresh_markers", refresh_then_let_the_other_run_stage)
-    await writer.apply_chunk(session_factory, settings.storage_dir, first, 0)
+    await writer.apply_chunk(session_factory, storage_of(settings), first, 0)
     await during[0]
     assert overlapped == [True]  # the other run waited for this one's uncommitted item
 

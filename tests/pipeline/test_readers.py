@@ -217,7 +217,7 @@ def test_csv_byte_range_chunks_read_exactly_the_rows_of_the_whole_file(
     own, must give the rows a single pass gives, in order, errors included. Ranges are read
     at once up to a size, and a line at a time above it: both ways must agree."""
     if not whole:
-        monkeypatch.setattr(csv_reader, "_WHOLE_RANGE_BYTES", 0)
+        monkeypatch.setattr(csv_reader, "WHOLE_RANGE_BYTES", 0)
     path = write(tmp_path, "data.csv", TRICKY_CSV[name])
     columns, single = read(path, "csv")
     with csv_reader.open_csv(path) as table:

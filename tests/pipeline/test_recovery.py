@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
+from app.core.storage import storage_of
 from app.pipeline import writer
 from app.records.store import Table
 from tests.conftest import CreateImporter, RunWorker, Upload
@@ -45,7 +46,7 @@ async def test_a_redelivered_chunk_changes_nothing(
     before = await run_of(session_factory, run_id)
 
     for index in range(4):
-        await writer.apply_chunk(session_factory, settings.storage_dir, run_id, index)
+        await writer.apply_chunk(session_factory, storage_of(settings), run_id, index)
 
     after = await run_of(session_factory, run_id)
     assert (
@@ -69,7 +70,7 @@ async def test_two_workers_applying_the_same_chunk_at_once_apply_it_once(
     await split_only(settings, queue, session_factory, run_id)
 
     await asyncio.gather(
-        *(writer.apply_chunk(session_factory, settings.storage_dir, run_id, 0) for _ in range(3))
+        *(writer.apply_chunk(session_factory, storage_of(settings), run_id, 0) for _ in range(3))
     )
 
     run = await run_of(session_factory, run_id)
@@ -116,7 +117,7 @@ async def test_flushed_redis_mid_run_is_recovered_by_the_reconciler(
     await create_importer(key=["email"], fields=USER_FIELDS, chunk_size=10)
     run_id = (await upload("users", users_csv(45))).json()["data"]["id"]
     await split_only(settings, queue, session_factory, run_id)
-    await writer.apply_chunk(session_factory, settings.storage_dir, run_id, 0)
+    await writer.apply_chunk(session_factory, storage_of(settings), run_id, 0)
     await queue.flushdb()  # every queued job is gone
 
     await run_worker()  # the reconciler runs at worker start-up
@@ -152,7 +153,7 @@ async def test_cancel_stops_new_chunks_and_ends_the_run_cancelled(
     await create_importer(key=["email"], fields=USER_FIELDS, chunk_size=10)
     run_id = (await upload("users", users_csv(50))).json()["data"]["id"]
     await split_only(settings, queue, session_factory, run_id)
-    await writer.apply_chunk(session_factory, settings.storage_dir, run_id, 0)
+    await writer.apply_chunk(session_factory, storage_of(settings), run_id, 0)
     async with session_factory() as session:
         await session.execute(
             text("UPDATE runs SET cancel_requested = true WHERE id = :id"), {"id": run_id}
@@ -226,7 +227,7 @@ async def test_a_chunk_that_keeps_failing_fails_its_rows_and_the_run_ends(
 ) -> None:
     from arq import Retry
 
-    from app.pipeline.chunks import payload_path
+    from app.pipeline.chunks import payload_key
     from app.worker.tasks import apply_chunk
 
     await create_importer(key=["email"], fields=USER_FIELDS, chunk_size=10)
@@ -249,7 +250,7 @@ async def test_a_chunk_that_keeps_failing_fails_its_rows_and_the_run_ends(
         ).scalar_one()
     assert (span is not None) == (chunk_kind == "byte range")
     if chunk_kind == "payload":
-        payload_path(settings.storage_dir, run_id, 1).write_bytes(b"not json")
+        await storage_of(settings).put(payload_key(run_id, 1), b"not json")
     ctx = {"session_factory": session_factory, "settings": settings, "queue": queue}
     await apply_chunk(ctx, run_id, 0)
     for _ in range(settings.max_attempts - 1):
@@ -373,11 +374,11 @@ async def test_the_later_row_of_a_key_wins_over_an_earlier_one_committed_while_i
         found = await known(table, conn, keys, compare)
         if "ada@example.com" in keys and not meanwhile:
             meanwhile.append(0)
-            await writer.apply_chunk(session_factory, settings.storage_dir, run_id, 0)
+            await writer.apply_chunk(session_factory, storage_of(settings), run_id, 0)
         return found
 
     monkeypatch.setattr(Table, "known", look_then_apply_the_first_chunk)
-    await writer.apply_chunk(session_factory, settings.storage_dir, run_id, 1)
+    await writer.apply_chunk(session_factory, storage_of(settings), run_id, 1)
     assert meanwhile == [0]
     assert (await records(session_factory, "users"))["ada@example.com"]["age"] == 37
     run = await run_of(session_factory, run_id)

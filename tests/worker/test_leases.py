@@ -17,6 +17,7 @@ from arq import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
+from app.core.storage import storage_of
 from app.pipeline import writer
 from app.worker import leases
 from tests.conftest import CreateImporter, RunWorker, Upload
@@ -186,11 +187,11 @@ async def test_a_claim_taken_over_commits_nothing_and_the_new_holder_applies_the
     assert taken is not None and taken[0].attempt == old.attempt + 1
 
     with pytest.raises(writer.LeaseLost):
-        await writer.apply_chunk(session_factory, settings.storage_dir, run_id, 0, old)
+        await writer.apply_chunk(session_factory, storage_of(settings), run_id, 0, old)
     assert (await run_of(session_factory, run_id))["progress"]["processed"] == 0
     assert not await leases.release_chunk(session_factory, old, run_id, 0, "late")
 
-    await writer.apply_chunk(session_factory, settings.storage_dir, run_id, 0, taken[0])
+    await writer.apply_chunk(session_factory, storage_of(settings), run_id, 0, taken[0])
     await assert_applied_exactly_once(session_factory, run_id)
 
 

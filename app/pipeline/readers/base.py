@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import codecs
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path, PurePath
 from typing import Any, Protocol
@@ -94,15 +94,19 @@ def open_table(
 
 def detect_format(path: Path, filename: str = "") -> str:
     """'csv' | 'xlsx' | 'json' | 'ndjson', by extension first, then by sniffing the first bytes."""
-    fmt = _EXTENSIONS.get(PurePath(filename or path.name).suffix.lower())
-    if fmt:
-        return fmt
     with path.open("rb") as f:
         head = f.read(SNIFF_BYTES)
+    return _detect(head, filename or path.name, lambda: _is_xlsx(path))
+
+
+def _detect(head: bytes, filename: str, is_xlsx: Callable[[], bool]) -> str:
+    fmt = _EXTENSIONS.get(PurePath(filename).suffix.lower())
+    if fmt:
+        return fmt
     if not head:
         raise ReadError("The file is empty.")
     if head.startswith(ZIP_MAGIC):
-        if _is_xlsx(path):
+        if is_xlsx():
             return "xlsx"
         raise ReadError("Unsupported file type: a ZIP archive that is not an XLSX workbook.")
     reject_binary(head, _ANY_FORMAT)
@@ -147,9 +151,15 @@ def not_a_workbook(head: bytes) -> str:
 def check_format(path: Path, filename: str, expected: str) -> None:
     """Refuses, from its first bytes, a file that is obviously not `expected` (for 'auto', the
     format its name or content says), naming the binary container it is when it is one."""
-    detected = detect_format(path, filename)
     with path.open("rb") as f:
         head = f.read(SNIFF_BYTES)
+    check_head(head, filename or path.name, expected, lambda: _is_xlsx(path))
+
+
+def check_head(head: bytes, filename: str, expected: str, is_xlsx: Callable[[], bool]) -> None:
+    """`check_format` of a file from its first `SNIFF_BYTES`; `is_xlsx` looks into the whole
+    file, asked only for a ZIP archive that its name does not tell the kind of."""
+    detected = _detect(head, filename, is_xlsx)
     fmt = detected if expected == "auto" else expected
     if fmt == "xlsx":
         if not head.startswith(ZIP_MAGIC):

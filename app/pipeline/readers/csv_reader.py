@@ -16,11 +16,10 @@ a quote closed many lines later is a legal field holding line breaks.
 from __future__ import annotations
 
 import csv
-import functools
 import itertools
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ from app.pipeline.readers.base import (
 if TYPE_CHECKING:
     from _csv import Reader
 
-_SAMPLE_BYTES = 64 * 1024
+SAMPLE_BYTES = 64 * 1024
 _DELIMITERS = ",;\t|"
 _CODEC_NAMES = {
     "utf-8-sig": "UTF-8",
@@ -48,7 +47,7 @@ _CODEC_NAMES = {
 }
 _UTF8_BOM = b"\xef\xbb\xbf"
 # A byte range up to this size is read at once, rather than a line at a time.
-_WHOLE_RANGE_BYTES = 32 * 1024 * 1024
+WHOLE_RANGE_BYTES = 32 * 1024 * 1024
 # A lone CR ends a line too, as in text mode with newline='' (old Mac files).
 _LONE_CR = re.compile(rb"(?<=\r)(?!\n)")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
@@ -224,8 +223,8 @@ class CsvTable:
 @contextmanager
 def open_csv(path: Path, *, max_field_bytes: int = 1_048_576) -> Iterator[CsvTable]:
     with path.open("rb") as raw:
-        head = raw.read(_SAMPLE_BYTES)
-        codec, sample = sniff_text(head, complete=len(head) < _SAMPLE_BYTES)
+        head = raw.read(SAMPLE_BYTES)
+        codec, sample = sniff_text(head, complete=len(head) < SAMPLE_BYTES)
         delimiter = sniff_delimiter(sample)
         # The limit is process-wide in the csv module; every reader sets the value it needs.
         csv.field_size_limit(max_field_bytes)
@@ -243,21 +242,6 @@ def open_csv(path: Path, *, max_field_bytes: int = 1_048_576) -> Iterator[CsvTab
         reader = csv.reader(ends.lines, delimiter=delimiter)
         table = CsvTable([], reader, codec, max_field_bytes, ends, lines, delimiter)
         yield _with_header(table, max_field_bytes)
-
-
-def slice_of(path: Path, start: int, end: int) -> CsvSlice:
-    """The byte range [start, end) of a CSV file, with the codec and delimiter its split
-    found: sniffed once per file and process, not once per chunk."""
-    stat = path.stat()
-    codec, delimiter = _layout(str(path), stat.st_size, stat.st_mtime_ns)
-    return CsvSlice(codec, delimiter, start, end)
-
-
-@functools.lru_cache(maxsize=64)
-def _layout(path: str, size: int, mtime_ns: int) -> tuple[str, str]:
-    # The size and time are part of the key only so that a changed file is read again.
-    with open_csv(Path(path)) as table:
-        return table.codec, table.delimiter
 
 
 @overload
@@ -299,57 +283,127 @@ def read_slice(
     whole: when every row has the header's width (the common case), rows are built without
     a Python step per row. Only the range that ends the file can hold an unterminated quoted
     field; its rows are watched for one."""
-    csv.field_size_limit(max_field_bytes)
     with path.open("rb") as raw:
         at_end = part.end >= os.fstat(raw.fileno()).st_size
         raw.seek(part.start)
         lines: Iterable[str]
-        if part.end - part.start <= _WHOLE_RANGE_BYTES:
-            # Split where _ByteLines splits (bytes.splitlines breaks at LF, CRLF and CR only).
-            pieces = raw.read(part.end - part.start).splitlines(keepends=True)
-            if pieces and max(map(len, pieces)) >= MAX_LINE_CHARS:
-                raise ReadError(f"A line is longer than {MAX_LINE_CHARS:,} characters.")
-            lines = map(bytes.decode, pieces, itertools.repeat(part.codec))
+        if part.end - part.start <= WHOLE_RANGE_BYTES:
+            lines = _range_lines(raw.read(part.end - part.start), part.codec)
         else:
             lines = _ByteLines(raw, part.codec, part.end)
-        ends = _Ends(lines) if at_end else None
-        reader = csv.reader(lines if ends is None else ends.lines, delimiter=part.delimiter)
-        source: Iterator[list[str]] = reader if ends is None else ends.closed(reader)
-        result: list[tuple[Any, str | None]]
-        try:
-            rows = list(itertools.islice(source, limit))
-            if rows and set(map(len, rows)) != {len(columns)}:
-                # Ragged or blank rows among them; a blank line is no row, so read on.
-                shaped = _shaped(columns, itertools.chain(rows, source), cells=cells)
-                result = list(itertools.islice(shaped, limit))
-            elif cells:
-                result = list(zip(rows, itertools.repeat(None)))
-            else:
-                dicts = map(dict, map(zip, itertools.repeat(columns), rows))
-                result = list(zip(dicts, itertools.repeat(None)))
-        except csv.Error as exc:
-            raise _csv_error(exc, reader.line_num, max_field_bytes) from exc
-        except UnicodeDecodeError as exc:
-            raise _decode_error(part.codec, reader.line_num) from exc
-        if ends is not None and ends.open_row is not None and len(result) != limit:
-            # Named by its line in the whole file, as the split of the file names it.
-            line = _line_breaks(raw, part.start) + ends.open_line
-            result.append(_open_quote_row(columns, ends.open_row, line))
+        return _range_rows(
+            lines,
+            columns,
+            part,
+            at_end=at_end,
+            breaks_before=lambda: _line_breaks(raw, part.start),
+            limit=limit,
+            cells=cells,
+            max_field_bytes=max_field_bytes,
+        )
+
+
+def parse_slice(
+    data: bytes,
+    columns: list[str],
+    part: CsvSlice,
+    *,
+    at_end: bool,
+    breaks_before: Callable[[], int],
+    limit: int | None = None,
+    max_field_bytes: int = 1_048_576,
+) -> list[tuple[dict[str, Any] | list[str], str | None]]:
+    """`read_slice` (with `cells`) of a byte range already read: `data`, the bytes of `part`;
+    `at_end` when it ends the file; `breaks_before` counts the file's line breaks before it
+    (asked only to name the line of a quote left open at the end of the file)."""
+    return _range_rows(
+        _range_lines(data, part.codec),
+        columns,
+        part,
+        at_end=at_end,
+        breaks_before=breaks_before,
+        limit=limit,
+        cells=True,
+        max_field_bytes=max_field_bytes,
+    )
+
+
+def _range_lines(data: bytes, codec: str) -> Iterable[str]:
+    # Split where _ByteLines splits (bytes.splitlines breaks at LF, CRLF and CR only).
+    pieces = data.splitlines(keepends=True)
+    if pieces and max(map(len, pieces)) >= MAX_LINE_CHARS:
+        raise ReadError(f"A line is longer than {MAX_LINE_CHARS:,} characters.")
+    return map(bytes.decode, pieces, itertools.repeat(codec))
+
+
+def _range_rows(
+    lines: Iterable[str],
+    columns: list[str],
+    part: CsvSlice,
+    *,
+    at_end: bool,
+    breaks_before: Callable[[], int],
+    limit: int | None,
+    cells: bool,
+    max_field_bytes: int,
+) -> list[tuple[Any, str | None]]:
+    csv.field_size_limit(max_field_bytes)
+    ends = _Ends(lines) if at_end else None
+    reader = csv.reader(lines if ends is None else ends.lines, delimiter=part.delimiter)
+    source: Iterator[list[str]] = reader if ends is None else ends.closed(reader)
+    result: list[tuple[Any, str | None]]
+    try:
+        rows = list(itertools.islice(source, limit))
+        if rows and set(map(len, rows)) != {len(columns)}:
+            # Ragged or blank rows among them; a blank line is no row, so read on.
+            shaped = _shaped(columns, itertools.chain(rows, source), cells=cells)
+            result = list(itertools.islice(shaped, limit))
+        elif cells:
+            result = list(zip(rows, itertools.repeat(None)))
+        else:
+            dicts = map(dict, map(zip, itertools.repeat(columns), rows))
+            result = list(zip(dicts, itertools.repeat(None)))
+    except csv.Error as exc:
+        raise _csv_error(exc, reader.line_num, max_field_bytes) from exc
+    except UnicodeDecodeError as exc:
+        raise _decode_error(part.codec, reader.line_num) from exc
+    if ends is not None and ends.open_row is not None and len(result) != limit:
+        # Named by its line in the whole file, as the split of the file names it.
+        line = breaks_before() + ends.open_line
+        result.append(_open_quote_row(columns, ends.open_row, line))
     return result
 
 
-def _line_breaks(raw: BinaryIO, end: int) -> int:
-    """The line breaks (LF, CRLF, lone CR) in the first `end` bytes of a UTF-8 or
-    Windows-1252 file, counted as `_ByteLines` splits lines."""
-    raw.seek(0)
-    count, left, after_cr = 0, end, False
-    while left > 0 and (block := raw.read(min(left, _COUNT_BLOCK_BYTES))):
-        left -= len(block)
+def layout_of(head: bytes, *, complete: bool) -> tuple[str, str]:
+    """The codec and delimiter of a CSV file (UTF-8 or Windows-1252), from its first
+    `SAMPLE_BYTES` (`complete`: the whole file), as `open_csv` finds them."""
+    codec, sample = sniff_text(head, complete=complete)
+    return ("utf-8" if codec == "utf-8-sig" else codec), sniff_delimiter(sample)
+
+
+def count_line_breaks(blocks: Iterable[bytes]) -> int:
+    """The line breaks (LF, CRLF, lone CR) in the bytes of `blocks`, as `_ByteLines` splits
+    lines."""
+    count, after_cr = 0, False
+    for block in blocks:
         count += block.count(b"\n") + block.count(b"\r") - block.count(b"\r\n")
         if after_cr and block.startswith(b"\n"):
             count -= 1  # a CRLF cut between two blocks
         after_cr = block.endswith(b"\r")
     return count
+
+
+def _line_breaks(raw: BinaryIO, end: int) -> int:
+    """The line breaks in the first `end` bytes of a UTF-8 or Windows-1252 file."""
+    raw.seek(0)
+
+    def blocks() -> Iterator[bytes]:
+        left = end
+        while left > 0 and (block := raw.read(min(left, _COUNT_BLOCK_BYTES))):
+            left -= len(block)
+            yield block
+
+    return count_line_breaks(blocks())
 
 
 @overload
