@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from app.core.timefmt import human_format
 from app.importers.schemas import FieldSpec, ImporterDefinition
 from app.pipeline.mapping import ColumnPlan
 
@@ -321,7 +322,7 @@ def _type_message(label: str, spec: FieldSpec) -> str:
     kind = spec.type
     if kind in ("date", "datetime"):
         if spec.format is not None:
-            return f"The {label} does not match the format {spec.format}."
+            return f"The {label} does not match the format {human_format(spec.format)}."
         return f"The {label} is not a valid date."
     return {
         "integer": f"The {label} must be an integer.",

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from app.core.timefmt import human_format
 from app.importers.schemas import FieldSpec, ImporterDefinition
 from app.pipeline.mapping import plan_columns
 
@@ -188,7 +189,8 @@ def parse(spec: FieldSpec, value: Any) -> Any:
 
 def type_message(label: str, spec: FieldSpec) -> str:
     if spec.type in ("date", "datetime") and spec.format is not None:
-        return f"The {label} does not match the format {spec.format}."
+        # Shown as a person reads it: %Y-%m-%d is YYYY-MM-DD (app.core.timefmt).
+        return f"The {label} does not match the format {human_format(spec.format)}."
     return f"The {label} {TYPE_MESSAGES[spec.type]}"
 
 

@@ -369,7 +369,7 @@ def test_date_field_with_format_parses_like_strptime(fmt: str, value: Any, expec
 @pytest.mark.parametrize("value", ["2024-02-30", "05/01/2024", "2024-01-05T10:00", "2024-W01-1"])
 def test_date_field_with_format_rejects_text_of_another_shape(value: str) -> None:
     assert messages({"type": "date", "format": "%Y-%m-%d"}, value, "signup_date") == [
-        "The signup date does not match the format %Y-%m-%d."
+        "The signup date does not match the format YYYY-MM-DD."
     ]
 
 
@@ -409,7 +409,7 @@ def test_datetime_field_with_format_rejects_text_of_another_shape() -> None:
     spec = {"type": "datetime", "format": "%d/%m/%Y %H:%M"}
 
     assert messages(spec, "2024-01-05T10:30", "created_at") == [
-        "The created at does not match the format %d/%m/%Y %H:%M."
+        "The created at does not match the format DD/MM/YYYY HH:mm."
     ]
 
 
