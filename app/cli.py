@@ -1,4 +1,5 @@
-"""The ``ingest`` command line: run the processes, and operate runs, importers and tokens."""
+"""The ``ingest`` command line: run the processes (straight on Postgres and Redis), and operate
+runs, importers and tokens (over the HTTP API, app/client.py)."""
 
 import asyncio
 import contextlib
@@ -16,7 +17,8 @@ from typing import Annotated
 
 import typer
 
-from app.auth.commands import token_app
+from app.auth.commands import register as register_auth_commands
+from app.client import ClientError, fail, save_dev_profile
 from app.core.config import Settings, get_settings
 from app.runs.commands import register as register_run_commands
 from app.worker.commands import register as register_worker_commands
@@ -27,7 +29,6 @@ cli = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-cli.add_typer(token_app, name="token", help="Create, list and revoke service tokens.")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,12 +42,6 @@ def settings_with_servers() -> Settings:
     except RuntimeError as exc:
         raise fail(str(exc)) from None
     return settings
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    """One clear line on stderr, no traceback."""
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(code)
 
 
 @cli.command()
@@ -114,8 +109,8 @@ def dev(
     ),
 ) -> None:
     """Everything in one process tree: embedded Postgres/Redis when no URL is set, migrations,
-    example importers, a dev admin token, the API and a worker. Ctrl-C, SIGTERM or closing
-    the terminal stops it all."""
+    example importers, a dev admin token (kept in the CLI profile `dev`), the API and a worker.
+    Ctrl-C, SIGTERM or closing the terminal stops it all."""
     from app.core import embedded
     from app.core import migrate as migrations
 
@@ -154,12 +149,11 @@ def dev(
                 )
         _wait_until_ready(f"http://{DEV_HOST}:{port}/readyz", children)
 
-        typer.secho(f"\nIngest is up: http://{DEV_HOST}:{port}/docs", fg=typer.colors.GREEN)
+        url = f"http://{DEV_HOST}:{port}"
+        typer.secho(f"\nIngest is up: {url}/docs", fg=typer.colors.GREEN)
         typer.echo(f"dev admin token: {token}")
-        typer.echo(
-            f"try: curl -H 'Authorization: Bearer {token}' "
-            f"http://{DEV_HOST}:{port}/api/v1/ingest/importers"
-        )
+        _write_dev_profile(url, token)
+        typer.echo(f"try: curl -H 'Authorization: Bearer {token}' {url}/api/v1/ingest/importers")
         if not settings.database_url:  # the embedded server's URL holds no secret
             typer.echo(f"database: psql {env['INGEST_DATABASE_URL']}")
         typer.echo("Ctrl-C stops everything.\n")
@@ -177,6 +171,26 @@ def dev(
             typer.echo("\nstopping ...")
         _stop(list(children.values()))
         embedded.stop_all()
+
+
+def _write_dev_profile(url: str, token: str) -> None:
+    """Keep the instance's URL and token where `ingest status` & co. find them, and say so."""
+    try:
+        profiles = save_dev_profile(url, token)
+    except (ClientError, OSError) as exc:  # the API runs all the same
+        message = exc.message if isinstance(exc, ClientError) else str(exc)
+        typer.secho(f"warning: no CLI profile written: {message}", fg=typer.colors.YELLOW)
+        return
+    if profiles.default == "dev":
+        typer.echo(
+            f"CLI profile 'dev' (the default) in {profiles.path}: "
+            "`ingest runs`, `ingest status RUN` ... work from another shell"
+        )
+    else:
+        typer.echo(
+            f"CLI profile 'dev' in {profiles.path} (the default is {profiles.default!r}): "
+            "add `--profile dev` (`ingest runs --profile dev`) or set INGEST_PROFILE=dev"
+        )
 
 
 def _check_port(host: str, port: int) -> None:
@@ -310,6 +324,7 @@ async def _dev_token(database_url: str) -> str:
 
 register_run_commands(cli)
 register_worker_commands(cli)
+register_auth_commands(cli)
 
 
 def main() -> None:

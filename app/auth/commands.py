@@ -1,32 +1,57 @@
-"""``ingest token create|list|revoke``: manage service tokens straight in Postgres.
+"""``ingest login|logout`` (which API the CLI talks to) and ``ingest token create|list|revoke``.
 
-Errors are one line on stderr and a non-zero exit, never a traceback.
+The token commands go through the API and need an ``ingest:admin`` token. One exception, the
+bootstrap: with no API configured (no INGEST_URL or INGEST_TOKEN, no --profile or
+INGEST_PROFILE, no default profile) and INGEST_DATABASE_URL set, ``token create`` writes
+straight into that database, which is how a new deployment gets its first admin token.
+Errors are one line on stderr and an exit code (app/client.py), never a traceback.
 """
 
 import asyncio
+import os
 import re
+import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, TypeVar
 
 import asyncpg
 import typer
+from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import service
 from app.auth.permissions import ABILITIES, ROLES
-from app.auth.schemas import looks_like_email
+from app.auth.schemas import TokenCreate
+from app.client import (
+    EXIT_USAGE,
+    NOT_CONFIGURED,
+    ApiConfig,
+    Client,
+    ClientError,
+    Profile,
+    ProfileOption,
+    Profiles,
+    api_configured,
+    check_profile_name,
+    check_url,
+    connect,
+    fail,
+    reporting,
+    save_profile,
+)
 from app.core.config import get_settings
 from app.core.db import create_engine, create_session_factory, unit_of_work
-from app.core.errors import IngestError
+from app.core.errors import IngestError, validation_errors
 
 T = TypeVar("T")
 
-# The owner of tokens created without --user.
+# The owner of tokens the bootstrap creates without --user (over the API: the caller).
 DEFAULT_USER = "admin@localhost"
 CONNECT_TIMEOUT_SECONDS = 10
+LOGIN_PROFILE = "default"
 
 token_app = typer.Typer(
     help="Create, list and revoke service tokens.",
@@ -35,9 +60,95 @@ token_app = typer.Typer(
 )
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(1)
+# --- login, logout --------------------------------------------------------------------------
+
+
+def login(
+    url: Annotated[
+        str, typer.Argument(metavar="URL", help="The server, e.g. http://127.0.0.1:8000.")
+    ],
+    token: Annotated[
+        str | None,
+        typer.Option("--token", help="The token (default: read from stdin, or asked for)."),
+    ] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option(
+            "--profile",
+            envvar="INGEST_PROFILE",
+            show_envvar=False,
+            help=f"Name of the profile to write (default: {LOGIN_PROFILE}).",
+        ),
+    ] = None,
+    make_default: Annotated[
+        bool, typer.Option("--default/--no-default", help="Make it the default profile.")
+    ] = True,
+) -> None:
+    """Check a token against the API at URL and keep both in a profile (a 0600 file)."""
+    with reporting():
+        name = check_profile_name(profile or LOGIN_PROFILE)
+        config = ApiConfig(check_url(url), _read_token(token), "this token")
+        with Client(config) as api:
+            try:
+                # Any token may be checked here: a token without ingest:view gets 403, not 401.
+                body = api.get("/", per_page=1)
+            except ClientError as exc:
+                if exc.status != 403:
+                    raise
+                body = {"meta": None}
+            if "meta" not in body:
+                raise ClientError(f"{config.url} answered, but not as the Ingest API")
+        profiles = save_profile(name, Profile(config.url, config.token), make_default=make_default)
+    default = " (the default)" if profiles.default == name else ""
+    typer.echo(f"logged in to {config.url}: profile {name!r}{default} in {profiles.path}")
+
+
+def _read_token(given: str | None) -> str:
+    if given is None:
+        if sys.stdin.isatty():
+            given = typer.prompt("Token", hide_input=True, err=True)
+        else:  # `ingest login URL < token.txt`, or a pipe
+            given = sys.stdin.readline()
+    token = (given or "").strip()
+    if not token:
+        raise ClientError("no token given (--token, stdin or the prompt)", EXIT_USAGE)
+    if any(not char.isprintable() or char.isspace() for char in token):
+        raise ClientError("a token is one word of printable characters", EXIT_USAGE)
+    return token
+
+
+def logout(
+    profile: Annotated[
+        str | None,
+        typer.Option(
+            "--profile",
+            envvar="INGEST_PROFILE",
+            show_envvar=False,
+            help="The profile to remove (default: the default profile).",
+        ),
+    ] = None,
+) -> None:
+    """Remove a profile and its token from the config file (the token itself stays valid)."""
+    with reporting():
+        profiles = Profiles.load()
+        name = profile or profiles.default
+        if name is None or name not in profiles.profiles:
+            shown = f"no profile {name!r}" if name else "no default profile"
+            raise ClientError(f"{shown} in {profiles.path}: nothing to log out of")
+        del profiles.profiles[name]
+        if profiles.default == name:
+            profiles.default = None
+        profiles.save()
+    typer.echo(
+        f"profile {name!r} removed from {profiles.path}; "
+        "the token works until `ingest token revoke` revokes it"
+    )
+    still = [var for var in ("INGEST_URL", "INGEST_TOKEN") if os.environ.get(var)]
+    if still:
+        typer.echo(f"note: {' and '.join(still)} still set in this shell", err=True)
+
+
+# --- tokens ---------------------------------------------------------------------------------
 
 
 _DURATION_RE = re.compile(r"^\s*(\d+)\s*([dhm])\s*$", re.IGNORECASE)
@@ -55,56 +166,6 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(**{_UNITS[match.group(2).lower()]: int(match.group(1))})
 
 
-class _Unreachable(Exception):
-    pass
-
-
-def _reason(exc: BaseException) -> str:
-    """The driver's own first line, without SQLAlchemy's wrapping."""
-    inner = getattr(exc, "orig", None) or exc
-    inner = inner.__cause__ or inner
-    lines = str(inner).strip().splitlines()
-    return lines[0] if lines else type(inner).__name__
-
-
-def _run(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    """Run ``work`` in one transaction on INGEST_DATABASE_URL; turn failures into one line."""
-    try:
-        url = get_settings().require_database_url()
-    except RuntimeError as exc:
-        raise _fail(str(exc)) from None
-    where = make_url(url).render_as_string(hide_password=True)
-
-    async def main() -> T:
-        engine = create_engine(url, connect_args={"timeout": CONNECT_TIMEOUT_SECONDS})
-        try:
-            async with unit_of_work(create_session_factory(engine)) as session:
-                try:
-                    await session.connection()
-                except (OSError, TimeoutError, DBAPIError) as exc:
-                    raise _Unreachable(_reason(exc)) from exc
-                return await work(session)
-        finally:
-            await engine.dispose()
-
-    try:
-        return asyncio.run(main())
-    except IngestError as exc:
-        raise _fail(_ingest_message(exc)) from None
-    except _Unreachable as exc:
-        raise _fail(f"cannot reach the database at {where}: {exc}") from None
-    except DBAPIError as exc:
-        if isinstance(getattr(exc.orig, "__cause__", None), asyncpg.UndefinedTableError):
-            raise _fail(f"the database at {where} is not migrated: run `ingest migrate`") from None
-        raise _fail(f"database error: {_reason(exc)}") from None
-
-
-def _ingest_message(exc: IngestError) -> str:
-    if exc.errors:
-        return "; ".join(msg for messages in exc.errors.values() for msg in messages)
-    return exc.message
-
-
 @token_app.command("create")
 def create(
     # Checked here rather than by Typer, so a mistake is one line like every other error.
@@ -116,7 +177,11 @@ def create(
         typer.Option("--ability", help=f"Required, repeatable: {', '.join(ABILITIES)}."),
     ] = None,
     user: Annotated[
-        str | None, typer.Option("--user", help=f"Owner's email (default {DEFAULT_USER}).")
+        str | None,
+        typer.Option(
+            "--user",
+            help=f"Owner's email (default: yourself; {DEFAULT_USER} for the bootstrap).",
+        ),
     ] = None,
     role: Annotated[
         str | None,
@@ -128,43 +193,43 @@ def create(
     expires_in: Annotated[
         str | None, typer.Option("--expires-in", help="Lifetime: 30d, 12h or 45m.")
     ] = None,
+    profile: ProfileOption = None,
 ) -> None:
-    """Create a token and print it (once: it is stored only as a hash)."""
+    """Create a token and print it (once: it is stored only as a hash). With no API
+    configured and INGEST_DATABASE_URL set, it is written straight into that database."""
     name = (name or "").strip()
     if not name:
-        raise _fail("--name is required")
+        raise fail("--name is required", EXIT_USAGE)
     if not ability:
-        raise _fail(f"at least one --ability is required ({', '.join(ABILITIES)})")
-    try:
-        abilities = service.check_abilities(ability)
-        if role is not None:
-            service.check_role(role)
-    except IngestError as exc:
-        raise _fail(_ingest_message(exc)) from None
+        raise fail(f"at least one --ability is required ({', '.join(ABILITIES)})", EXIT_USAGE)
     if role is not None and user is None:
-        raise _fail("--role sets the role of a new user: give --user too")
-    if user is not None and not looks_like_email(user):
-        raise _fail(f"--user must be an email address, not {user!r}")
+        raise fail("--role sets the role of a new user: give --user too", EXIT_USAGE)
     try:
         lifetime = parse_duration(expires_in) if expires_in is not None else None
     except ValueError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc), EXIT_USAGE) from None
+    body: dict[str, Any] = {"name": name, "abilities": ability}
+    for key, value in (("user_email", user), ("role", role), ("source_id", source)):
+        if value is not None:
+            body[key] = value
+    if lifetime is not None:
+        body["expires_at"] = (datetime.now(UTC) + lifetime).isoformat()
 
-    async def work(session: AsyncSession) -> tuple[str, dict[str, Any]]:
-        issued = await service.create_token(
-            session,
-            name=name,
-            abilities=abilities,
-            user_email=user or DEFAULT_USER,
-            role=role,
-            source_id=source,
-            expires_in=lifetime,
+    with reporting():
+        through_api = api_configured(profile)
+    if through_api:
+        with connect(profile) as api:
+            token = api.post("/tokens", json=body)["data"]
+    elif get_settings().database_url:
+        token = _bootstrap(body)
+    else:
+        raise fail(
+            f"{NOT_CONFIGURED}; or set INGEST_DATABASE_URL to create the first token "
+            "straight in the database",
+            EXIT_USAGE,
         )
-        return issued.plaintext, service.to_resource(issued.token)
-
-    plaintext, token = _run(work)
     # The token alone on stdout (so `TOKEN=$(ingest token create ...)` works); notes on stderr.
-    typer.echo(plaintext)
+    typer.echo(token["token"])
     typer.echo(
         f"token {token['id']} created for {token['user']['email']} "
         f"({', '.join(token['abilities'])}); it is shown only this once.",
@@ -173,14 +238,10 @@ def create(
 
 
 @token_app.command("list")
-def list_tokens() -> None:
+def list_tokens(profile: ProfileOption = None) -> None:
     """List tokens, newest first (never their secrets)."""
-
-    async def work(session: AsyncSession) -> list[dict[str, Any]]:
-        tokens = (await session.scalars(service.list_query())).all()
-        return [service.to_resource(t) for t in tokens]
-
-    tokens = _run(work)
+    with connect(profile) as api:
+        tokens = api.pages("/tokens")
     if not tokens:
         typer.echo("no tokens")
         return
@@ -218,19 +279,99 @@ def list_tokens() -> None:
         )
 
 
-def _when(value: datetime | None) -> str:
-    return "-" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%MZ")
+def _when(value: str | None) -> str:
+    if value is None:
+        return "-"
+    return datetime.fromisoformat(value).astimezone(UTC).strftime("%Y-%m-%d %H:%MZ")
 
 
 @token_app.command("revoke")
-def revoke(token_id: Annotated[int, typer.Argument(metavar="ID", help="The token's id.")]) -> None:
-    """Revoke a token: it stops working at once."""
+def revoke(
+    token_id: Annotated[int, typer.Argument(metavar="ID", help="The token's id.")],
+    profile: ProfileOption = None,
+) -> None:
+    """Revoke a token: it stops working at once (revoking twice is harmless)."""
+    with connect(profile) as api:
+        api.delete(f"/tokens/{token_id}")
+    typer.echo(f"token {token_id} revoked")
 
-    async def work(session: AsyncSession) -> bool:
-        token = await service.get_token(session, token_id)
-        already = token.revoked_at is not None
-        await service.revoke_token(session, token_id)
-        return already
 
-    already = _run(work)
-    typer.echo(f"token {token_id} was already revoked" if already else f"token {token_id} revoked")
+# --- the bootstrap: straight into Postgres --------------------------------------------------
+
+
+def _bootstrap(body: dict[str, Any]) -> dict[str, Any]:
+    """``POST /tokens`` without the API: the same request schema and service, in one
+    transaction on INGEST_DATABASE_URL."""
+    try:
+        request = TokenCreate.model_validate(body)
+    except ValidationError as exc:
+        messages = validation_errors(exc.errors())
+        raise fail(next(iter(messages.values()))[0]) from None
+
+    async def work(session: AsyncSession) -> dict[str, Any]:
+        issued = await service.create_token(
+            session,
+            name=request.name,
+            abilities=request.abilities,
+            user_email=request.user_email or DEFAULT_USER,
+            role=request.role,
+            source_id=request.source_id,
+            expires_at=request.expires_at,
+        )
+        return {**service.to_resource(issued.token), "token": issued.plaintext}
+
+    return _in_database(work)
+
+
+def _in_database(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run ``work`` in one transaction on INGEST_DATABASE_URL; turn failures into one line."""
+    url = get_settings().require_database_url()
+    where = make_url(url).render_as_string(hide_password=True)
+
+    async def main() -> T:
+        engine = create_engine(url, connect_args={"timeout": CONNECT_TIMEOUT_SECONDS})
+        try:
+            async with unit_of_work(create_session_factory(engine)) as session:
+                try:
+                    await session.connection()
+                except (OSError, TimeoutError, DBAPIError) as exc:
+                    raise _Unreachable(_reason(exc)) from exc
+                return await work(session)
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(main())
+    except IngestError as exc:
+        raise fail(_ingest_message(exc)) from None
+    except _Unreachable as exc:
+        raise fail(f"cannot reach the database at {where}: {exc}") from None
+    except DBAPIError as exc:
+        if isinstance(getattr(exc.orig, "__cause__", None), asyncpg.UndefinedTableError):
+            raise fail(f"the database at {where} is not migrated: run `ingest migrate`") from None
+        raise fail(f"database error: {_reason(exc)}") from None
+
+
+class _Unreachable(Exception):
+    pass
+
+
+def _reason(exc: BaseException) -> str:
+    """The driver's own first line, without SQLAlchemy's wrapping."""
+    inner = getattr(exc, "orig", None) or exc
+    inner = inner.__cause__ or inner
+    lines = str(inner).strip().splitlines()
+    return lines[0] if lines else type(inner).__name__
+
+
+def _ingest_message(exc: IngestError) -> str:
+    if exc.errors:
+        return "; ".join(msg for messages in exc.errors.values() for msg in messages)
+    return exc.message
+
+
+def register(cli: typer.Typer) -> None:
+    """Add ``login``, ``logout`` and ``token ...`` to the ``ingest`` command line."""
+    cli.command("login")(login)
+    cli.command("logout")(logout)
+    cli.add_typer(token_app, name="token", help="Create, list and revoke service tokens.")

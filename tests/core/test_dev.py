@@ -10,15 +10,18 @@ re-parented), and by descent from those.
 import contextlib
 import os
 import pty
+import re
 import select
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import tomllib
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -144,6 +147,7 @@ def start_dev(tmp_path: Path) -> Iterator[StartDev]:
         # No INGEST_* from the outside: no server URL, so the embedded servers start.
         env = {key: value for key, value in os.environ.items() if not key.startswith("INGEST_")}
         env[MARK] = mark
+        env["XDG_CONFIG_HOME"] = str(tmp_path / "config")  # its CLI profile, not the user's
         output = tmp_path / f"dev-{mark}.log"
         output.touch()
         args = ["-m", "app.cli", "dev", "--port", str(port), "--data-dir", str(data_dir)]
@@ -209,6 +213,36 @@ def _wait_for_banner(dev: Dev) -> None:
         time.sleep(0.1)
 
 
+def _check_dev_profile(dev: Dev, use_it: bool) -> None:
+    """`ingest dev` keeps its URL and token in a private CLI profile, the default one, and says
+    where; with it, an operator command in another shell needs no variable."""
+    config_home = dev.output.parent / "config"
+    path = config_home / "ingest" / "config.toml"
+    token = re.search(r"dev admin token: (\S+)", dev.text())
+    assert token, dev.text()
+    assert f"CLI profile 'dev' (the default) in {path}" in dev.text()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    saved = tomllib.loads(path.read_text())
+    assert saved["default"] == "dev"
+    assert saved["profiles"]["dev"] == {
+        "url": f"http://127.0.0.1:{dev.port}",
+        "token": token.group(1),
+    }
+    if use_it:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("INGEST_")}
+        done = subprocess.run(
+            [sys.executable, "-m", "app.cli", "importers"],
+            env={**env, "XDG_CONFIG_HOME": str(config_home)},
+            cwd=dev.output.parent,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "user-importer" in done.stdout  # examples/importers, loaded by `ingest dev`
+
+
 def _close_terminal(dev: Dev) -> None:
     assert dev.terminal
     dev.terminal.close()
@@ -237,6 +271,7 @@ def test_dev_is_ready_at_its_banner_and_a_stop_signal_ends_every_process_it_star
     dev = start_dev(_free_port(), in_terminal=in_terminal)
     _wait_for_banner(dev)
     assert httpx.get(f"http://127.0.0.1:{dev.port}/readyz", timeout=5).status_code == 200
+    _check_dev_profile(dev, use_it=not in_terminal)
 
     tree = dev.tree()
     names = [proc.name() for proc in tree]
