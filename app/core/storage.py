@@ -9,18 +9,22 @@ flows and leaves nothing behind when aborted (an over-size upload, a failed down
 """
 
 import asyncio
+import atexit
 import contextlib
 import functools
+import gc
 import hashlib
 import os
 import re
 import secrets
 import shutil
 import tempfile
+import time
 import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -328,6 +332,8 @@ class _ObjectWriting(Writing):
 
 
 _ABORT_SECONDS = 30
+# What a store's runtime is given to wind down at exit.
+_SETTLE_SECONDS = 0.2
 
 
 class ObjectStorage(Storage):
@@ -336,11 +342,30 @@ class ObjectStorage(Storage):
     variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``)."""
 
     def __init__(self, url: str, endpoint: str | None, scratch: Path) -> None:
-        options = {"allow_http": True} if endpoint and endpoint.startswith("http://") else {}
+        # Fail within about a minute when the server is down (obstore retries for 3 by
+        # default), rather than hold an upload or a chunk's transaction that long.
+        options: dict[str, Any] = {"connect_timeout": "5s"}
+        if endpoint and endpoint.startswith("http://"):
+            options["allow_http"] = True
         config: dict[str, Any] = {"endpoint": endpoint} if endpoint else {}
-        self.store = S3Store.from_url(url, client_options=options, **config)  # type: ignore[arg-type]
+        retry: Any = {"max_retries": 5, "retry_timeout": timedelta(seconds=60)}
+        self.store = S3Store.from_url(
+            url,
+            client_options=options,  # type: ignore[arg-type]
+            retry_config=retry,
+            **config,
+        )
         self.url = url
         self._scratch = scratch
+        # Dropped before the interpreter finalizes: dropped during it, the store's Rust
+        # runtime may touch Python state that is gone, and the process aborts (SIGABRT) as it
+        # exits (pyo3-async-runtimes#40).
+        atexit.register(self._drop)
+
+    def _drop(self) -> None:
+        self.__dict__.pop("store", None)
+        gc.collect()
+        time.sleep(_SETTLE_SECONDS)  # its runtime's last tasks end meanwhile
 
     def open(self, key: str, limit: int | None = None) -> Writing:
         return _ObjectWriting(self.store, key, limit)
