@@ -4,7 +4,7 @@ from app.auth.models import Token, User
 from app.importers.models import Importer
 from app.items.models import Item, ItemEvent
 from app.records.models import Collection
-from app.runs.models import IdempotencyKey, Run, RunChunk, RunRow, Worker
+from app.runs.models import IdempotencyKey, Run, RunChunk, RunEvent, RunRow, Worker
 from app.sources.models import Source
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "ItemEvent",
     "Run",
     "RunChunk",
+    "RunEvent",
     "RunRow",
     "Source",
     "Token",

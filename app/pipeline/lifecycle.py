@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.db import json_dumps
 from app.importers.schemas import ImporterDefinition
 from app.records.tables import table_name
+from app.runs import events
 
 SUMMARY_KEYS = ("created", "updated", "unchanged", "skipped", "staged", "deleted")
 
@@ -32,6 +33,7 @@ async def fail_run(session: AsyncSession, run_id: int, message: str) -> bool:
     )
     if result.first() is None:
         return False
+    await events.add(session, run_id, "failed", message=message[:2000])
     await session.execute(
         text(
             "UPDATE run_chunks SET status = 'cancelled' WHERE run_id = :id AND status = 'pending'"
@@ -98,17 +100,24 @@ async def maybe_finalize(
         )
     if status == "completed" and definition.action == "replace":
         summary["deleted"] = await _replace_unseen(session, run_id, definition, row["dry_run"])
+    # The event goes with the UPDATE, in its statement.
     await session.execute(
         text(
-            "UPDATE runs SET status = :status, summary = CAST(:summary AS jsonb), "
-            "error_message = coalesce(error_message, :error), completed_at = now(), "
-            "updated_at = now() WHERE id = :id"
+            events.with_event(
+                "UPDATE runs SET status = :status, summary = CAST(:summary AS jsonb), "
+                "error_message = coalesce(error_message, :error), completed_at = now(), "
+                "updated_at = now() WHERE id = :id",
+                "finalized",
+                run=":id",
+                data=":event",
+            )
         ),
         {
             "id": run_id,
             "status": status,
             "summary": json_dumps(summary),
             "error": error_message,
+            "event": json_dumps({"status": status, "summary": summary}),
         },
     )
     return True

@@ -39,6 +39,7 @@ from app.pipeline.prepare import definition_salt
 from app.pipeline.readers import ReadError, open_table
 from app.pipeline.readers.csv_reader import CsvTable
 from app.pipeline.validation import RowValidator
+from app.runs import events
 from app.runs.models import FINISHED_STATUSES, Run
 
 log = logging.getLogger(__name__)
@@ -300,6 +301,14 @@ async def split_run(
             parent = await session.get(Run, parent_id)
             parent_columns = list(parent.columns or []) if parent else []
         await _check_claim(session, run_id, claim)
+        await events.add(
+            session,
+            run_id,
+            "split_started",
+            attempt=claim and claim.attempt,
+            worker=claim and claim.worker_id,
+            resumed_from=resume_from,
+        )
         reused = await _reuse_ledger(session, run, importer) if resume_from == 0 else None
 
     if reused is not None:
@@ -421,13 +430,22 @@ async def _reuse_ledger(session: AsyncSession, run: Run, importer: Importer) -> 
         # The earlier run was pruned meanwhile: split the file after all.
         await session.execute(text("DELETE FROM run_chunks WHERE run_id = :id"), {"id": run.id})
         return None
-    await session.execute(
+    total = await session.scalar(
         text(
             "UPDATE runs r SET total = d.total, columns = d.columns, chunks_written = :chunks, "
             "chunks_total = :chunks, updated_at = now() FROM runs d "
-            "WHERE r.id = :id AND d.id = :donor"
+            "WHERE r.id = :id AND d.id = :donor RETURNING r.total"
         ),
         {"id": run.id, "donor": donor, "chunks": chunks},
+    )
+    await events.add(
+        session,
+        run.id,
+        "split_finished",
+        rows=total,
+        chunks=chunks,
+        bytes=run.file_size,
+        reused_from=donor,
     )
     log.info("run %s: input identical to run %s's, its %s chunks reused", run.id, donor, chunks)
     return int(chunks)
@@ -545,14 +563,27 @@ class _Store:
             await self.flush(total, columns)
         async with unit_of_work(self.factory) as session:
             await _check_claim(session, self.run_id, self.claim)
-            await session.execute(
-                text(
-                    "UPDATE runs SET chunks_total = chunks_written, total = :total, "
-                    "columns = CAST(:columns AS jsonb), updated_at = now() "
-                    "WHERE id = :id AND chunks_total IS NULL"
-                ),
-                {"id": self.run_id, "total": total, "columns": json_dumps(columns)},
-            )
+            split = (
+                await session.execute(
+                    text(
+                        "UPDATE runs SET chunks_total = chunks_written, total = :total, "
+                        "columns = CAST(:columns AS jsonb), updated_at = now() "
+                        "WHERE id = :id AND chunks_total IS NULL "
+                        "RETURNING chunks_total, file_size"
+                    ),
+                    {"id": self.run_id, "total": total, "columns": json_dumps(columns)},
+                )
+            ).first()
+            if split is not None:
+                await events.add(
+                    session,
+                    self.run_id,
+                    "split_finished",
+                    rows=total,
+                    chunks=split.chunks_total,
+                    bytes=split.file_size,
+                    reused_from=None,
+                )
             await lifecycle.maybe_finalize(session, self.run_id, definition)
 
 

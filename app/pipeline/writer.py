@@ -8,6 +8,7 @@ a byte range of the run's input file: other rows are read back from that file wh
 """
 
 import asyncio
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -35,6 +36,7 @@ from app.pipeline.prepare import INVALID, ChunkValidator, Unchanged
 from app.pipeline.ranges import read_range
 from app.pipeline.readers import ReadError
 from app.records.store import NUL, Known, Table, Write, Writes, canonical, nul_errors
+from app.runs import events
 from app.runs.rowlog import CODES, encode
 
 FOREIGN_RECORD = (
@@ -226,6 +228,40 @@ RUN_CONTEXT = (
 )
 
 
+_COUNT = """
+UPDATE runs SET processed = processed + $2, successful = successful + $3,
+    failed = failed + $4, skipped = skipped + $5, chunks_done = chunks_done + 1,
+    summary = (SELECT jsonb_object_agg(k, coalesce((summary ->> k)::int, 0)
+                                        + coalesce(($6::jsonb ->> k)::int, 0))
+               FROM jsonb_object_keys($6::jsonb) AS k),
+    updated_at = now()
+WHERE id = $1
+"""
+# The chunk's `chunk_applied` event rides in the same statement: no round trip of its own.
+_COUNT_AND_LOG = events.with_event(_COUNT, "chunk_applied", run="$1", data="$7")
+
+
+@dataclass
+class Applying:
+    """Who applies a chunk and since when: what its `chunk_applied` event says of it."""
+
+    index: int
+    claim: Claim | None
+    started: float = field(default_factory=time.monotonic)
+
+    def event(self, status: str, plan: Plan) -> str:
+        return _json(
+            {
+                "index": self.index,
+                "status": status,
+                "rows": {**plan.counts, "failed": plan.failed},
+                "duration_ms": round((time.monotonic() - self.started) * 1000, 1),
+                "attempt": self.claim and self.claim.attempt,
+                "worker": self.claim and self.claim.worker_id,
+            }
+        )
+
+
 class LeaseLost(Exception):
     """The chunk's claim was taken over by another worker: this one must commit nothing."""
 
@@ -242,6 +278,7 @@ async def apply_chunk(
     """Apply a chunk once. With a ``claim``, only while that claim still holds the chunk
     (else LeaseLost, nothing committed). ``hold_s`` is a test hook: a sleep once the ledger
     row is locked."""
+    applying = Applying(index, claim)
     async with unit_of_work(factory) as session:
         conn = await raw_connection(session)
         chunk = await conn.fetchrow(
@@ -256,7 +293,7 @@ async def apply_chunk(
         pending = chunk is not None and chunk["status"] == "pending"
         if pending and claim is not None and not _holds(chunk, claim):
             raise LeaseLost(f"chunk {index} of run {run_id} was taken over by another worker")
-        finished = pending and await _apply_pending(session, conn, storage, chunk, run_id, index)
+        finished = pending and await _apply_pending(session, conn, storage, chunk, run_id, applying)
     # Committed: the payload is no longer needed.
     await _drop_payloads(storage, chunk, run_id, index, finished)
 
@@ -271,9 +308,10 @@ async def _apply_pending(
     storage: Storage,
     chunk: asyncpg.Record,
     run_id: int,
-    index: int,
+    applying: Applying,
 ) -> bool:
     """Apply a locked, pending chunk; True when this finished the run."""
+    index = applying.index
     run = await conn.fetchrow(RUN_CONTEXT, run_id)  # the run's state as of the lock
     definition = _definition(run)
     if run["status"] != "processing" or run["cancel_requested"]:
@@ -281,7 +319,7 @@ async def _apply_pending(
         await _count(conn, run_id, Plan())
         return await lifecycle.maybe_finalize(session, run_id, definition)
     raws = await read_chunk(storage, chunk, run_id, index, run["file_key"], run["columns"])
-    return await _apply(session, conn, raws, definition, run_id, chunk, index, run)
+    return await _apply(session, conn, raws, definition, run_id, chunk, applying, run)
 
 
 async def _drop_payloads(
@@ -393,9 +431,10 @@ async def _apply(
     definition: ImporterDefinition,
     run_id: int,
     chunk: asyncpg.Record,
-    index: int,
+    applying: Applying,
     run: asyncpg.Record,
 ) -> bool:
+    index = applying.index
     in_file = chunk["byte_start"] is not None
     table = await Table.load(conn, definition.collection, definition.fields)
     plan = await _plan(conn, table, raws, definition, run_id, run, in_file)
@@ -417,7 +456,7 @@ async def _apply(
     if plan.log:
         await conn.copy_records_to_table("run_rows", records=plan.log, columns=ROW_LOG_COLUMNS)
     await _close_chunk(conn, run_id, index, "done", outcomes)
-    await _count(conn, run_id, plan)
+    await _count(conn, run_id, plan, applying.event("done", plan))
     return await lifecycle.maybe_finalize(session, run_id, definition)
 
 
@@ -494,26 +533,17 @@ async def _close_chunk(
     )
 
 
-async def _count(conn: asyncpg.Connection, run_id: int, plan: Plan) -> None:
-    # Last statement of the transaction: the run row lock is held as briefly as possible.
+async def _count(
+    conn: asyncpg.Connection, run_id: int, plan: Plan, event: str | None = None
+) -> None:
+    """Count the chunk's rows on its run, with its event (JSON) when it has one. Last
+    statement of the transaction: the run row lock is held as briefly as possible."""
     processed = plan.successful + plan.failed + plan.skipped
-    await conn.execute(
-        """
-        UPDATE runs SET processed = processed + $2, successful = successful + $3,
-            failed = failed + $4, skipped = skipped + $5, chunks_done = chunks_done + 1,
-            summary = (SELECT jsonb_object_agg(k, coalesce((summary ->> k)::int, 0)
-                                                + coalesce(($6::jsonb ->> k)::int, 0))
-                       FROM jsonb_object_keys($6::jsonb) AS k),
-            updated_at = now()
-        WHERE id = $1
-        """,
-        run_id,
-        processed,
-        plan.successful,
-        plan.failed,
-        plan.skipped,
-        _json(plan.counts),
-    )
+    args = (run_id, processed, plan.successful, plan.failed, plan.skipped, _json(plan.counts))
+    if event is None:
+        await conn.execute(_COUNT, *args)
+    else:
+        await conn.execute(_COUNT_AND_LOG, *args, event)
 
 
 async def fail_chunk(
@@ -526,6 +556,7 @@ async def fail_chunk(
 ) -> None:
     """Give up on a chunk that keeps failing: its rows are failed with the reason, so the run
     can finish and the rows can be retried. With a ``claim``, only while it holds the chunk."""
+    applying = Applying(index, claim)
     async with unit_of_work(factory) as session:
         conn = await raw_connection(session)
         chunk = await conn.fetchrow(
@@ -557,6 +588,6 @@ async def fail_chunk(
         if plan.log:
             await conn.copy_records_to_table("run_rows", records=plan.log, columns=ROW_LOG_COLUMNS)
         await _close_chunk(conn, run_id, index, "failed")
-        await _count(conn, run_id, plan)
+        await _count(conn, run_id, plan, applying.event("failed", plan))
         finished = await lifecycle.maybe_finalize(session, run_id, definition)
     await _drop_payloads(storage, chunk, run_id, index, finished)

@@ -1,5 +1,5 @@
-"""``ingest runs|status|cancel|retry|import|importers`` over the HTTP API, and ``ingest prune``
-straight in Postgres.
+"""``ingest runs|status|events|cancel|retry|import|importers`` over the HTTP API, and
+``ingest prune`` straight in Postgres.
 
 The API commands find the API as app/client.py says (INGEST_URL + INGEST_TOKEN, or a profile)
 and render what it answers. ``prune`` is a server-side chore like ``ingest migrate``: it needs
@@ -41,7 +41,9 @@ from app.core.db import create_engine, create_session_factory, unit_of_work
 from app.core.errors import IngestError
 from app.core.storage import Storage, storage_of
 from app.pipeline.chunks import remove_run_payloads
+from app.pipeline.lifecycle import SUMMARY_KEYS
 from app.runs import service
+from app.runs.events import TYPES
 from app.runs.models import FINISHED_STATUSES
 from app.runs.schemas import RunStatus
 
@@ -50,6 +52,7 @@ T = TypeVar("T")
 RUN_STATUSES: tuple[str, ...] = get_args(RunStatus.__value__)
 CONNECT_TIMEOUT_SECONDS = 10
 POLL_SECONDS = 0.5
+EVENTS_PAGE = 100
 STATUS_STYLES = {
     "pending": "dim",
     "processing": "cyan",
@@ -409,6 +412,92 @@ def show_status(
     _finish(console, found)
 
 
+def list_events(
+    run: Annotated[str, typer.Argument(metavar="RUN", help="The run's id.")],
+    types: Annotated[
+        list[str] | None,
+        typer.Option("--type", help=f"Only events of this type (repeatable): {', '.join(TYPES)}."),
+    ] = None,
+    after: Annotated[
+        int | None, typer.Option("--after", help="Only events after this event id.")
+    ] = None,
+    profile: ProfileOption = None,
+) -> None:
+    """List a run's events, oldest first: what happened to it, chunk by chunk."""
+    run_id = _run_id(run)
+    for name in types or ():
+        if name not in TYPES:
+            raise fail(f"--type must be one of {', '.join(TYPES)}, not {name!r}", EXIT_USAGE)
+    if after is not None and after < 0:
+        raise fail(f"--after must be an event id (0 or more), not {after}", EXIT_USAGE)
+    found: list[dict[str, Any]] = []
+    with connect(profile) as api:
+        # By keyset after the first page: events added meanwhile are never skipped.
+        cursor = after or None
+        while True:
+            body = api.get(
+                f"/{run_id}/events", type=types or None, after=cursor, per_page=EVENTS_PAGE
+            )
+            found += body["data"]
+            if len(body["data"]) < EVENTS_PAGE:
+                break
+            cursor = body["data"][-1]["id"]
+    console = _console()
+    if not found:
+        console.print(f"no events for run {run_id}")
+        return
+    columns = [("ID", False), ("AT", False), ("TYPE", False), ("SUMMARY", True)]
+    rows: list[list[str | Text]] = [
+        [str(e["id"]), _when(_at(e["at"])), e["type"], event_summary(e["type"], e["data"])]
+        for e in found
+    ]
+    _print_table(console, columns, rows, right=("ID",))
+
+
+def _rows_by_outcome(rows: dict[str, Any]) -> str:
+    # In the summary's order (jsonb keeps its own), failed last.
+    order = [*SUMMARY_KEYS, "failed"]
+    outcomes = sorted(rows, key=lambda k: order.index(k) if k in order else len(order))
+    counted = [f"{rows[outcome]} {outcome}" for outcome in outcomes if rows[outcome]]
+    return ", ".join(counted) or "no rows"
+
+
+def event_summary(type: str, data: dict[str, Any]) -> str:
+    """One line of an event's data, as an operator reads it."""
+    index = data.get("index")
+    if type == "created":
+        dry = " (dry run)" if data.get("dry_run") else ""
+        parent = f", retry of run {data['parent_run_id']}" if data.get("parent_run_id") else ""
+        return f"{data.get('kind')} run of {data.get('importer')}{dry}{parent}"
+    if type == "split_started":
+        attempt = f"attempt {data.get('attempt')}" if data.get("attempt") else "no claim"
+        resumed = f", after {data['resumed_from']} chunks" if data.get("resumed_from") else ""
+        return f"{attempt}{resumed}" + (f" on {data['worker']}" if data.get("worker") else "")
+    if type == "split_finished":
+        size = f", {_size(data['bytes'])}" if data.get("bytes") is not None else ""
+        reused = f", chunks of run {data['reused_from']}" if data.get("reused_from") else ""
+        return f"{data.get('rows')} rows in {data.get('chunks')} chunks{size}{reused}"
+    if type == "chunk_applied":
+        failed = " (its rows failed)" if data.get("status") == "failed" else ""
+        attempt = f", attempt {data['attempt']}" if data.get("attempt") else ""
+        return (
+            f"chunk {index}{failed}: {_rows_by_outcome(data.get('rows') or {})} in "
+            f"{data.get('duration_ms')} ms{attempt}"
+        )
+    if type == "chunk_retried":
+        return f"chunk {index}, attempt {data.get('attempt')}: {data.get('reason')}"
+    if type == "lease_reclaimed":
+        what = "split" if data.get("what") == "split" else f"chunk {index}"
+        return f"{what} taken over from {data.get('previous')} (attempt {data.get('attempt')})"
+    if type == "cancel_requested":
+        return f"run {data.get('status')}"
+    if type == "finalized":
+        return f"{data.get('status')}: {_rows_by_outcome(data.get('summary') or {})}"
+    if type == "failed":
+        return " ".join(str(data.get("message")).split())
+    return ", ".join(f"{key}={value}" for key, value in data.items())
+
+
 def cancel(
     run: Annotated[str, typer.Argument(metavar="RUN", help="The run's id.")],
     profile: ProfileOption = None,
@@ -523,14 +612,15 @@ def prune(
         int | None, typer.Option("--days", help="Prune runs finished more than N days ago.")
     ] = None,
 ) -> None:
-    """Delete the row logs, chunks and stored files of old finished runs (records stay)."""
+    """Delete the row logs, chunks, events and stored files of old finished runs (records
+    stay)."""
     if days is None:
         raise fail("--days is required, e.g. `ingest prune --days 30`")
     if days < 0:
         raise fail(f"--days must be 0 or more, not {days}")
 
     async def work(ctx: Context) -> dict[str, int]:
-        totals = {"runs": 0, "rows": 0, "chunks": 0, "files": 0, "bytes": 0}
+        totals = {"runs": 0, "rows": 0, "chunks": 0, "events": 0, "files": 0, "bytes": 0}
         while True:
             async with unit_of_work(ctx.factory) as session:
                 batch = await service.prunable_runs(session, days)
@@ -540,6 +630,7 @@ def prune(
             totals["runs"] += len(batch)
             totals["rows"] += counts["rows"]
             totals["chunks"] += counts["chunks"]
+            totals["events"] += counts["events"]
             # Files go after the commit: a rolled-back prune never loses a file.
             storage = storage_of(ctx.settings)
             for run_id, key in batch:
@@ -558,8 +649,8 @@ def prune(
         return
     typer.echo(
         f"pruned {totals['runs']} run(s) finished more than {days} days ago: "
-        f"{totals['rows']} row log entries, {totals['chunks']} chunks and "
-        f"{totals['files']} stored file(s) ({_size(totals['bytes'])}) removed; records kept"
+        f"{totals['rows']} row log entries, {totals['chunks']} chunks, {totals['events']} events "
+        f"and {totals['files']} stored file(s) ({_size(totals['bytes'])}) removed; records kept"
     )
 
 
@@ -585,6 +676,7 @@ def register(cli: typer.Typer) -> None:
     """Add the run commands to the ``ingest`` command line."""
     cli.command("runs")(list_runs)
     cli.command("status")(show_status)
+    cli.command("events")(list_events)
     cli.command("cancel")(cancel)
     cli.command("retry")(retry)
     cli.command("import")(import_file)

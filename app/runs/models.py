@@ -131,6 +131,19 @@ class RunRow(Base):
     errors: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
+class RunEvent(Base):
+    """One entry of a run's append-only event log (app.runs.events writes and reads it)."""
+
+    __tablename__ = "run_events"
+    __table_args__ = (Index("ix_run_events_run_id_id", "run_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+
+
 class IdempotencyKey(Base):
     __tablename__ = "idempotency_keys"
     __table_args__ = (Index("uq_idempotency_keys_scope", "token_id", "key", unique=True),)

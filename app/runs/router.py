@@ -1,4 +1,5 @@
-"""The operator surface of runs: list, show, rows, cancel, retry, error summary, failed rows.
+"""The operator surface of runs: list, show, rows, events, cancel, retry, error summary,
+failed rows.
 
 Paths use the ``int`` converter, so the fixed paths beside them (``/importers``, ``/upload``...)
 never match here.
@@ -12,13 +13,15 @@ from pydantic import BaseModel
 
 from app.auth.dependencies import Principal, require
 from app.auth.permissions import CREATE, VIEW
+from app.core.db import raw_connection
 from app.core.deps import SessionDep, SettingsDep, check_queue_room, split_after_commit
 from app.core.errors import error_responses
 from app.core.idempotency import IdempotencyDep, fingerprint
 from app.core.pagination import One, Page, PageParams, build_page, page_params, paginate
-from app.core.params import RunId
+from app.core.params import INT8_MAX, RunId
 from app.core.storage import storage_of
-from app.runs import service
+from app.runs import events, service
+from app.runs.events import EventType
 from app.runs.schemas import RetryIn, RowOut, RowStatus, RunListItemOut, RunOut, RunStatus
 
 # 422: a parameter out of range, or a NUL anywhere in the query (app/core/params.py).
@@ -99,6 +102,39 @@ async def list_rows(
         session, found, status, offset, params.per_page, storage_of(settings)
     )
     return build_page(request, rows, total, params)
+
+
+class EventOut(BaseModel):
+    id: int
+    type: EventType
+    at: str
+    data: dict[str, Any]
+
+
+@router.get("/{run:int}/events", response_model=Page[EventOut], responses=error_responses(404))
+async def list_events(
+    run: RunId,
+    request: Request,
+    session: SessionDep,
+    params: Annotated[PageParams, Depends(page_params)],
+    principal: Annotated[Principal, Depends(require(VIEW))],
+    type: Annotated[
+        list[EventType] | None, Query(description="Only events of these types (repeatable).")
+    ] = None,
+    after: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=INT8_MAX,
+            description="Keyset paging: events above this event id (the next link continues "
+            "from the page's last one).",
+        ),
+    ] = None,
+) -> dict[str, Any]:
+    """List a run's events (its append-only log) in id order; filter by type."""
+    found = await service.get_run(session, run, source_id=principal.source_id)
+    conn = await raw_connection(session)
+    return await events.list_page(conn, request, found.id, params, types=type, after=after)
 
 
 @router.post("/{run:int}/cancel", response_model=MessageOut, responses=error_responses(404, 409))

@@ -22,8 +22,8 @@ from app.pipeline.lifecycle import empty_summary
 from app.pipeline.mapping import MissingColumns, plan_columns
 from app.pipeline.readers import ReadError
 from app.pipeline.writer import originals_of
-from app.runs import rowlog
-from app.runs.models import FINISHED_STATUSES, Run, RunChunk, RunRow
+from app.runs import events, rowlog
+from app.runs.models import FINISHED_STATUSES, Run, RunChunk, RunEvent, RunRow
 
 
 async def create_run(
@@ -62,6 +62,15 @@ async def create_run(
     session.add(run)
     await session.flush()
     await session.refresh(run)
+    await events.add(
+        session,
+        run.id,
+        "created",
+        kind=kind,
+        importer=importer.slug,
+        dry_run=dry_run,
+        parent_run_id=parent_run_id,
+    )
     return run
 
 
@@ -245,6 +254,9 @@ async def cancel_run(session: AsyncSession, run: Run) -> str:
             current = await session.scalar(select(Run.status).where(Run.id == run.id))
             raise Conflict(f"Run {run.id} has already finished ({current}).")
     await session.refresh(run)
+    await events.add(session, run.id, "cancel_requested", status=run.status)
+    if ended is not None:  # it ends here, not in maybe_finalize
+        await events.add(session, run.id, "finalized", status=run.status, summary=run.summary)
     return run.status
 
 
@@ -474,7 +486,7 @@ async def prunable_runs(
     session: AsyncSession, days: int, limit: int = 500
 ) -> list[tuple[int, str | None]]:
     """(id, file_key) of finished runs, completed more than ``days`` days ago, that still hold
-    a row log, chunks or a stored file."""
+    a row log, chunks, events or a stored file."""
     stmt = (
         select(Run.id, Run.file_key)
         .where(
@@ -484,6 +496,7 @@ async def prunable_runs(
                 Run.file_key.is_not(None),
                 exists().where(RunRow.run_id == Run.id),
                 exists().where(RunChunk.run_id == Run.id),
+                exists().where(RunEvent.run_id == Run.id),
             ),
         )
         .order_by(Run.id)
@@ -493,19 +506,20 @@ async def prunable_runs(
 
 
 async def prune_runs(session: AsyncSession, run_ids: list[int]) -> dict[str, int]:
-    """Delete the row logs and chunks of these runs and forget their files (the caller removes
-    the files after commit). The runs themselves and the records they wrote stay."""
+    """Delete the row logs, chunks and event logs of these runs and forget their files (the
+    caller removes the files after commit). The runs themselves and the records they wrote stay."""
     if not run_ids:
-        return {"rows": 0, "chunks": 0}
+        return {"rows": 0, "chunks": 0, "events": 0}
     rows = await session.execute(delete(RunRow).where(RunRow.run_id.in_(run_ids)))
     chunks = await session.execute(delete(RunChunk).where(RunChunk.run_id.in_(run_ids)))
+    logged = await session.execute(delete(RunEvent).where(RunEvent.run_id.in_(run_ids)))
     await session.execute(
         update(Run)
         .where(Run.id.in_(run_ids))
         .values(file_key=None, updated_at=func.now())
         .execution_options(synchronize_session=False)
     )
-    return {"rows": _rowcount(rows), "chunks": _rowcount(chunks)}
+    return {"rows": _rowcount(rows), "chunks": _rowcount(chunks), "events": _rowcount(logged)}
 
 
 def _rowcount(result: Any) -> int:

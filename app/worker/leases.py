@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.db import unit_of_work
 from app.pipeline.chunks import Claim
+from app.runs import events
 
 log = logging.getLogger("ingest.leases")
 
@@ -29,26 +30,32 @@ def new_worker_id() -> str:
 
 
 # SKIP LOCKED: a chunk whose row a transaction holds (its worker applying it) is not claimed;
-# the job ends quietly and the reconciler tries again once the lock is gone.
+# the job ends quietly and the reconciler tries again once the lock is gone. The previous
+# holder is read under the same lock: a lease that expired is taken over from it.
 _CLAIM_CHUNK = """
-UPDATE run_chunks SET claimed_by = :me, lease_until = now() + make_interval(secs => :lease),
-    attempts = attempts + 1
-WHERE (run_id, index) IN (
-    SELECT run_id, index FROM run_chunks
+UPDATE run_chunks c SET claimed_by = :me,
+    lease_until = now() + make_interval(secs => :lease), attempts = c.attempts + 1
+FROM (
+    SELECT run_id, index, claimed_by FROM run_chunks
     WHERE run_id = :run AND index = :index AND status = 'pending'
       AND (claimed_by IS NULL OR lease_until < now())
-    FOR UPDATE SKIP LOCKED)
-RETURNING attempts, last_error
+    FOR UPDATE SKIP LOCKED) previous
+WHERE (c.run_id, c.index) = (previous.run_id, previous.index)
+RETURNING c.attempts, c.last_error, previous.claimed_by
 """
 
 # The runs row is locked only briefly (chunk commits count on it): wait for it.
 _CLAIM_SPLIT = """
-UPDATE runs SET split_claimed_by = :me,
+UPDATE runs r SET split_claimed_by = :me,
     split_lease_until = now() + make_interval(secs => :lease),
-    split_attempt = split_attempt + 1
-WHERE id = :run AND status IN ('pending', 'processing') AND chunks_total IS NULL
-  AND (split_claimed_by IS NULL OR split_lease_until < now())
-RETURNING split_attempt, split_last_error
+    split_attempt = r.split_attempt + 1
+FROM (
+    SELECT id, split_claimed_by FROM runs
+    WHERE id = :run AND status IN ('pending', 'processing') AND chunks_total IS NULL
+      AND (split_claimed_by IS NULL OR split_lease_until < now())
+    FOR NO KEY UPDATE) previous
+WHERE r.id = previous.id
+RETURNING r.split_attempt, r.split_last_error, previous.split_claimed_by
 """
 
 
@@ -60,13 +67,30 @@ async def claim_chunk(
     params = {"me": worker_id, "lease": lease_s, "run": run_id, "index": index}
     async with unit_of_work(factory) as session:
         row = (await session.execute(text(_CLAIM_CHUNK), params)).first()
+        if row is not None and row[2] is not None:
+            await events.add(
+                session,
+                run_id,
+                "lease_reclaimed",
+                what="chunk",
+                index=index,
+                previous=row[2],
+                attempt=row[0],
+            )
     return None if row is None else (Claim(worker_id, row[0]), row[1])
 
 
 async def release_chunk(
-    factory: Factory, claim: Claim, run_id: int, index: int, error: str | None = None
+    factory: Factory,
+    claim: Claim,
+    run_id: int,
+    index: int,
+    error: str | None = None,
+    *,
+    retried: bool = False,
 ) -> bool:
-    """Give the chunk back (after an error, which is kept), if this claim still holds it."""
+    """Give the chunk back (after an error, which is kept), if this claim still holds it;
+    ``retried``: its job is about to be retried for that error (a `chunk_retried` event)."""
     async with unit_of_work(factory) as session:
         released = await session.scalar(
             text(
@@ -83,6 +107,10 @@ async def release_chunk(
                 "error": error,
             },
         )
+        if released is not None and retried:
+            await events.add(
+                session, run_id, "chunk_retried", index=index, attempt=claim.attempt, reason=error
+            )
     return released is not None
 
 
@@ -92,6 +120,16 @@ async def claim_split(
     params = {"me": worker_id, "lease": lease_s, "run": run_id}
     async with unit_of_work(factory) as session:
         row = (await session.execute(text(_CLAIM_SPLIT), params)).first()
+        if row is not None and row[2] is not None:
+            await events.add(
+                session,
+                run_id,
+                "lease_reclaimed",
+                what="split",
+                index=None,
+                previous=row[2],
+                attempt=row[0],
+            )
     return None if row is None else (Claim(worker_id, row[0]), row[1])
 
 

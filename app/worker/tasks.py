@@ -152,7 +152,7 @@ async def apply_chunk(ctx: dict[str, Any], run_id: int, index: int) -> None:
             await leases.release_chunk(factory, claim, run_id, index)
             return
         # Given back at once, so the retry (or the reconciler) can claim it.
-        if await leases.release_chunk(factory, claim, run_id, index, reason):
+        if await leases.release_chunk(factory, claim, run_id, index, reason, retried=True):
             raise Retry(defer=_retry_delay(claim.attempt)) from exc
         return  # taken over meanwhile: the new holder goes on
     await leases.release_chunk(factory, claim, run_id, index)

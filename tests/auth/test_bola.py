@@ -119,6 +119,7 @@ CASES = [
     BolaCase("DELETE", "/tokens/{token_id}", token_of),
     BolaCase("GET", "/{run}", run_of),
     BolaCase("GET", "/{run}/rows", run_of),
+    BolaCase("GET", "/{run}/events", run_of),
     BolaCase("GET", "/{run}/errors/summary", run_of),
     BolaCase("GET", "/{run}/failed-rows/download", run_of),
     BolaCase("POST", "/{run}/cancel", run_of),

@@ -277,3 +277,65 @@ async def test_import_status_retry_and_cancel_with_a_real_worker(
         assert cancel.error_line() == (
             f"error: Run {run_id} has already finished (completed_with_errors)."
         )
+
+
+async def test_events_prints_a_runs_log_over_the_api(
+    api_server: Api,
+    make_token: MakeToken,
+    create_importer: CreateImporter,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    await create_importer(key=["email"], fields=USER_FIELDS)
+    env = outside_env(
+        XDG_CONFIG_HOME=str(tmp_path / "config"),
+        INGEST_URL=api_server.url,
+        INGEST_TOKEN=await make_token(),
+        COLUMNS="200",
+    )
+    defects = tmp_path / "users.csv"
+    defects.write_text(DEFECTS_CSV)
+    with workers() as started:
+        started.append(start_worker(settings))
+        imported = await ingest_process("import", "users", str(defects), "--wait", env=env)
+    assert imported.code == 0, imported.stderr
+    run_id = int(imported.stdout.splitlines()[0])
+
+    done = await ingest_process("events", str(run_id), env=env)
+    assert done.code == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].split() == ["ID", "AT", "TYPE", "SUMMARY"]
+    rows = [line.split() for line in lines[1:]]  # id, date, time, type, summary...
+    assert [row[3] for row in rows] == [
+        "created",
+        "split_started",
+        "split_finished",
+        "chunk_applied",
+        "finalized",
+    ]
+    ids = [int(row[0]) for row in rows]
+    assert ids == sorted(ids)
+    text = done.stdout
+    assert "upload run of users" in text
+    assert f"3 rows in 1 chunks, {len(DEFECTS_CSV)} B" in text
+    assert "chunk 0: 1 created, 2 failed in " in text
+    assert "completed_with_errors: 1 created" in text
+
+    only = await ingest_process(
+        "events", str(run_id), "--type", "created", "--type", "finalized", env=env
+    )
+    assert only.code == 0, only.stderr
+    assert [line.split()[3] for line in only.stdout.strip().splitlines()[1:]] == [
+        "created",
+        "finalized",
+    ]
+    after = await ingest_process("events", str(run_id), "--after", str(ids[-2]), env=env)
+    assert after.code == 0 and len(after.stdout.strip().splitlines()) == 2  # header + finalized
+    assert "finalized" in after.stdout
+
+    unknown = await ingest_process("events", str(run_id), "--type", "exploded", env=env)
+    assert unknown.code == 2
+    assert unknown.error_line().startswith("error: --type must be one of created, ")
+    missing = await ingest_process("events", "999999", env=env)
+    assert missing.code == 1
+    assert missing.error_line() == "error: Run 999999 not found."

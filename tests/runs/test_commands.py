@@ -437,9 +437,10 @@ async def test_prune_removes_row_logs_chunks_and_files_of_old_runs_only(
     result = await ingest("prune", "--days", "30")
     assert result.exit_code == 0, result.output
     assert result.stdout.strip().startswith(
-        # Its 7 failed rows had entries; its 2 others were recorded by their chunk.
-        "pruned 1 run(s) finished more than 30 days ago: 7 row log entries, 1 chunks and "
-        "1 stored file(s) ("
+        # Its 7 failed rows had entries; its 2 others were recorded by their chunk. Its events:
+        # created, split_started, split_finished, chunk_applied, finalized.
+        "pruned 1 run(s) finished more than 30 days ago: 7 row log entries, 1 chunks, 5 events "
+        "and 1 stored file(s) ("
     )
     assert not old_file.exists() and recent_file.exists()
     assert await sql(session_factory, "SELECT run_id FROM run_rows") == []
@@ -447,6 +448,8 @@ async def test_prune_removes_row_logs_chunks_and_files_of_old_runs_only(
     kept = await sql(session_factory, "SELECT run_id, outcomes FROM run_chunks")
     assert [tuple(c) for c in kept] == [(recent, "cc")]
     assert await sql(session_factory, "SELECT 1 FROM run_chunks WHERE run_id = :id", id=old) == []
+    logged = await sql(session_factory, "SELECT DISTINCT run_id FROM run_events")
+    assert [run_id for (run_id,) in logged] == [recent]
     # The run and the records it wrote stay.
     pruned = await fetch_run(session_factory, old)
     assert pruned.status == "completed_with_errors" and pruned.file_key is None
