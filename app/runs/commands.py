@@ -65,7 +65,7 @@ STATUS_STYLES = {
 Run = dict[str, Any]  # an IngestRunResource, as the API answers it
 
 
-# --- straight to Postgres (prune, and `ingest workers` in app/worker/commands.py) -----------
+# --- straight to Postgres (prune) -----------------------------------------------------------
 
 
 @dataclass

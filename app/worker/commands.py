@@ -1,39 +1,31 @@
 """``ingest workers``: the live workers, as ``GET /workers`` lists them, from a shell.
 
-Built like the run commands (straight to Postgres, their table and one-line errors).
+Built like the other operator commands: over the HTTP API (app.client), their table and
+one-line errors.
 """
 
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
 import typer
 from rich.text import Text
-from sqlalchemy import func, select
 
-from app.runs.commands import Context, _console, _duration, _execute, _print_table, _when
-from app.runs.models import Worker
-from app.worker.service import live_workers_query
+from app.client import ProfileOption, connect
+from app.runs.commands import _console, _duration, _print_table, _when
 
 NO_WORKER = "No worker is running. Start one with `ingest worker`."
 
 
 def _ago(seconds: float) -> str:
-    # A beat committed just after this transaction began is "0 s ago", not a negative age.
+    # A beat a little ahead of this host's clock is "0 s ago", not a negative age.
     seconds = max(seconds, 0.0)
     return f"{int(seconds)} s ago" if seconds < 60 else f"{_duration(seconds)} ago"
 
 
-def list_workers() -> None:
-    """List the live workers: heartbeat, and the splits and chunks each holds."""
-
-    async def work(ctx: Context) -> tuple[list[Worker], datetime]:
-        async with ctx.factory() as session:
-            query = live_workers_query(ctx.settings.lease_seconds)
-            found = list((await session.scalars(query)).all())
-            # Ages by Postgres' clock, which wrote the heartbeats, not this host's.
-            now = (await session.execute(select(func.now()))).scalar_one()
-            return found, now
-
-    workers, now = _execute(work)
+def list_workers(profile: ProfileOption = None) -> None:
+    """List the live workers: heartbeat, and the splits and chunks each holds (admin)."""
+    with connect(profile) as api:
+        workers = api.pages("/workers")
     console = _console()
     if not workers:
         console.print(NO_WORKER)
@@ -46,19 +38,21 @@ def list_workers() -> None:
         ("LAST BEAT", False),
         ("JOBS", False),
     ]
-    rows: list[list[str | Text]] = [
-        [
-            w.id,
-            w.host,
-            str(w.pid),
-            _when(w.started_at),
-            f"{_when(w.last_beat)} ({_ago((now - w.last_beat).total_seconds())})",
-            str(w.jobs),
-        ]
-        for w in workers
-    ]
+    now = datetime.now(UTC)
     # Worker ids are names (host:pid:random), not numbers: left-aligned.
-    _print_table(console, columns, rows, right=("PID", "JOBS"))
+    _print_table(console, columns, [_row(w, now) for w in workers], right=("PID", "JOBS"))
+
+
+def _row(worker: dict[str, Any], now: datetime) -> list[str | Text]:
+    beat = datetime.fromisoformat(worker["last_beat"])
+    return [
+        worker["id"],
+        worker["host"],
+        str(worker["pid"]),
+        _when(datetime.fromisoformat(worker["started_at"])),
+        f"{_when(beat)} ({_ago((now - beat).total_seconds())})",
+        str(worker["jobs"]),
+    ]
 
 
 def register(cli: typer.Typer) -> None:

@@ -1,4 +1,4 @@
-"""Which workers are alive: the one query behind ``GET /workers`` and ``ingest workers``."""
+"""Which workers are alive: the one query behind ``GET /workers`` (and so ``ingest workers``)."""
 
 from datetime import timedelta
 

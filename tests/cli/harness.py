@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,16 +57,16 @@ def server_env(settings: Settings) -> dict[str, str]:
     )
 
 
-@pytest.fixture(scope="module")
-def api_server(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    """`ingest serve` on a free loopback port, ready (``/readyz`` 200) when yielded."""
+@contextmanager
+def serving(env: dict[str, str], log: Path) -> Iterator[Api]:
+    """`ingest serve` with `env` on a free loopback port, ready (``/readyz`` 200) when
+    yielded, stopped afterwards."""
     port = free_port()
-    log = tmp_path_factory.mktemp("api") / "api.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
             cwd=ROOT,
-            env=server_env(settings),
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -81,6 +82,13 @@ def api_server(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> 
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="module")
+def api_server(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """`ingest serve` on the tests' database, Redis and storage, for a module."""
+    with serving(server_env(settings), tmp_path_factory.mktemp("api") / "api.log") as api:
+        yield api
 
 
 def _wait_until_ready(api: Api) -> None:

@@ -8,7 +8,7 @@ import csv
 import io
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import pytest
 
 from app.core.config import Settings
 from app.main import create_app
-from tests.cli.harness import Api, free_port, outside_env
+from tests.cli.harness import Api, outside_env, serving
 from tests.conftest import CreateImporter, MakeToken
 from tests.factories import USER_FIELDS
 from tests.objects import S3
@@ -38,38 +38,10 @@ def env_for(settings: Settings, bucket: S3, storage_dir: Path) -> dict[str, str]
 
 
 @pytest.fixture
-async def api(
-    settings: Settings,
-    s3: S3,
-    tmp_path: Path,
-) -> AsyncIterator[Api]:
-    log = tmp_path / "api.log"
-    port = free_port()
-    with log.open("wb") as out:
-        process = subprocess.Popen(  # noqa: ASYNC220 (started once, before anything waits)
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-            cwd=ROOT,
-            env=outside_env(**env_for(settings, s3, tmp_path / "api-disk")),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    server = Api(f"http://127.0.0.1:{port}", process, log)
-    try:
-        await wait_for(lambda: ready(server), "the API to be ready", 60)
+def api(settings: Settings, s3: S3, tmp_path: Path) -> Iterator[Api]:
+    env = outside_env(**env_for(settings, s3, tmp_path / "api-disk"))
+    with serving(env, tmp_path / "api.log") as server:
         yield server
-    finally:
-        process.terminate()
-        await asyncio.to_thread(process.wait, 10)
-
-
-async def ready(server: Api) -> bool:
-    assert server.process.poll() is None, server.log.read_text()
-    try:
-        async with httpx.AsyncClient(trust_env=False) as client:
-            return (await client.get(f"{server.url}/readyz")).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def users_csv(rows: int) -> str:

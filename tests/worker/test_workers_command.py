@@ -9,8 +9,9 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from typer.testing import Result
 
-from app.core.config import Settings, get_settings
+from app.core.config import Settings
 from app.worker import leases
+from tests.cli.harness import Api, api_env, server_env, serving  # noqa: F401  (api_env)
 from tests.runs.conftest import ingest, sql
 from tests.worker.processes import FAST, fetch, start_worker, wait_for, worker_id_of, workers
 
@@ -19,20 +20,19 @@ Factory = async_sessionmaker[AsyncSession]
 NO_WORKER = "No worker is running. Start one with `ingest worker`."
 
 
-@pytest.fixture
-def cli_database(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The command reads Postgres only: its URL, as a deployment would set it."""
-    monkeypatch.setenv("INGEST_DATABASE_URL", settings.require_database_url())
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
+@pytest.fixture(scope="module")
+def api_server(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """The API judges heartbeats by its own lease: the fast one the tests' workers have."""
+    log = tmp_path_factory.mktemp("api") / "api.log"
+    with serving({**server_env(settings), **FAST}, log) as api:
+        yield api
 
 
 def lines(result: Result) -> list[str]:
     return [line.rstrip() for line in result.stdout.strip().splitlines()]
 
 
-@pytest.mark.usefixtures("cli_database", "queue")
+@pytest.mark.usefixtures("api_env", "queue")
 async def test_workers_lists_a_running_worker_with_its_id_pid_and_heartbeat(
     settings: Settings, session_factory: Factory
 ) -> None:
@@ -53,7 +53,7 @@ async def test_workers_lists_a_running_worker_with_its_id_pid_and_heartbeat(
     assert cells[10] == "0"
 
 
-@pytest.mark.usefixtures("cli_database")
+@pytest.mark.usefixtures("api_env")
 async def test_workers_with_no_worker_says_how_to_start_one_and_exits_0() -> None:
     result = await ingest("workers")
 
@@ -61,13 +61,10 @@ async def test_workers_with_no_worker_says_how_to_start_one_and_exits_0() -> Non
     assert result.stdout.strip() == NO_WORKER
 
 
-@pytest.mark.usefixtures("cli_database", "queue")
+@pytest.mark.usefixtures("api_env", "queue")
 async def test_a_killed_worker_leaves_the_list_once_its_lease_lapses(
-    settings: Settings, session_factory: Factory, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, session_factory: Factory
 ) -> None:
-    # The command judges heartbeats by the deployment's lease, here the fast one the worker has.
-    monkeypatch.setenv("INGEST_LEASE_SECONDS", FAST["INGEST_LEASE_SECONDS"])
-    get_settings.cache_clear()
     with workers() as started:
         proc = start_worker(settings)
         started.append(proc)
