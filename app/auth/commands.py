@@ -7,7 +7,6 @@ straight into that database, which is how a new deployment gets its first admin 
 Errors are one line on stderr and an exit code (app/client.py), never a traceback.
 """
 
-import asyncio
 import os
 import re
 import sys
@@ -15,11 +14,8 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, TypeVar
 
-import asyncpg
 import typer
 from pydantic import ValidationError
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import service
@@ -43,14 +39,14 @@ from app.client import (
     save_profile,
 )
 from app.core.config import get_settings
-from app.core.db import create_engine, create_session_factory, unit_of_work
-from app.core.errors import IngestError, validation_errors
+from app.core.db import unit_of_work
+from app.core.direct import Context, in_database
+from app.core.errors import validation_errors
 
 T = TypeVar("T")
 
 # The owner of tokens the bootstrap creates without --user (over the API: the caller).
 DEFAULT_USER = "admin@localhost"
-CONNECT_TIMEOUT_SECONDS = 10
 LOGIN_PROFILE = "default"
 
 token_app = typer.Typer(
@@ -324,50 +320,13 @@ def _bootstrap(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _in_database(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    """Run ``work`` in one transaction on INGEST_DATABASE_URL; turn failures into one line."""
-    url = get_settings().require_database_url()
-    where = make_url(url).render_as_string(hide_password=True)
+    """Run ``work`` in one transaction on INGEST_DATABASE_URL; failures become one line."""
 
-    async def main() -> T:
-        engine = create_engine(url, connect_args={"timeout": CONNECT_TIMEOUT_SECONDS})
-        try:
-            async with unit_of_work(create_session_factory(engine)) as session:
-                try:
-                    await session.connection()
-                except (OSError, TimeoutError, DBAPIError) as exc:
-                    raise _Unreachable(_reason(exc)) from exc
-                return await work(session)
-        finally:
-            await engine.dispose()
+    async def in_session(ctx: Context) -> T:
+        async with unit_of_work(ctx.factory) as session:
+            return await work(session)
 
-    try:
-        return asyncio.run(main())
-    except IngestError as exc:
-        raise fail(_ingest_message(exc)) from None
-    except _Unreachable as exc:
-        raise fail(f"cannot reach the database at {where}: {exc}") from None
-    except DBAPIError as exc:
-        if isinstance(getattr(exc.orig, "__cause__", None), asyncpg.UndefinedTableError):
-            raise fail(f"the database at {where} is not migrated: run `ingest migrate`") from None
-        raise fail(f"database error: {_reason(exc)}") from None
-
-
-class _Unreachable(Exception):
-    pass
-
-
-def _reason(exc: BaseException) -> str:
-    """The driver's own first line, without SQLAlchemy's wrapping."""
-    inner = getattr(exc, "orig", None) or exc
-    inner = inner.__cause__ or inner
-    lines = str(inner).strip().splitlines()
-    return lines[0] if lines else type(inner).__name__
-
-
-def _ingest_message(exc: IngestError) -> str:
-    if exc.errors:
-        return "; ".join(msg for messages in exc.errors.values() for msg in messages)
-    return exc.message
+    return in_database(in_session)
 
 
 def register(cli: typer.Typer) -> None:

@@ -7,16 +7,12 @@ INGEST_DATABASE_URL and the storage directory. Errors are one line on stderr and
 (app/client.py), never a traceback.
 """
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
 from urllib.parse import quote
 
-import asyncpg
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -29,16 +25,11 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 import app.models  # noqa: F401  (every table in the metadata: a Run row has FKs to most)
 from app.client import EXIT_USAGE, Client, ProfileOption, connect, fail
-from app.core.config import Settings, get_settings
-from app.core.db import create_engine, create_session_factory, unit_of_work
-from app.core.errors import IngestError
+from app.core.db import unit_of_work
+from app.core.direct import Context, in_database
 from app.core.storage import Storage, storage_of
 from app.pipeline.chunks import remove_run_payloads
 from app.pipeline.lifecycle import SUMMARY_KEYS
@@ -50,7 +41,6 @@ from app.runs.schemas import RunStatus
 T = TypeVar("T")
 
 RUN_STATUSES: tuple[str, ...] = get_args(RunStatus.__value__)
-CONNECT_TIMEOUT_SECONDS = 10
 POLL_SECONDS = 0.5
 EVENTS_PAGE = 100
 STATUS_STYLES = {
@@ -68,67 +58,8 @@ Run = dict[str, Any]  # an IngestRunResource, as the API answers it
 # --- straight to Postgres (prune) -----------------------------------------------------------
 
 
-@dataclass
-class Context:
-    settings: Settings
-    factory: async_sessionmaker[AsyncSession]
-
-
-class _Unreachable(Exception):
-    pass
-
-
 def _note(message: str) -> None:
     typer.echo(message, err=True)
-
-
-def _reason(exc: BaseException) -> str:
-    """The driver's own first line, without SQLAlchemy's wrapping."""
-    inner = getattr(exc, "orig", None) or exc
-    inner = inner.__cause__ or inner
-    lines = str(inner).strip().splitlines()
-    return lines[0] if lines else type(inner).__name__
-
-
-def _message(exc: IngestError) -> str:
-    if exc.errors:
-        return "; ".join(msg for messages in exc.errors.values() for msg in messages)
-    return exc.message
-
-
-def _execute(work: Callable[[Context], Awaitable[T]]) -> T:
-    """Run ``work`` with a database; failures become one line."""
-    settings = get_settings()
-    try:
-        url = settings.require_database_url()
-    except RuntimeError as exc:
-        raise fail(str(exc)) from None
-    where = make_url(url).render_as_string(hide_password=True)
-
-    async def main() -> T:
-        engine = create_engine(url, connect_args={"timeout": CONNECT_TIMEOUT_SECONDS})
-        try:
-            try:
-                async with engine.connect() as conn:
-                    await conn.execute(text("SELECT 1"))
-            except (OSError, TimeoutError, DBAPIError) as exc:
-                raise _Unreachable(f"cannot reach the database at {where}: {_reason(exc)}") from exc
-            return await work(Context(settings, create_session_factory(engine)))
-        finally:
-            await engine.dispose()
-
-    try:
-        return asyncio.run(main())
-    except IngestError as exc:
-        raise fail(_message(exc)) from None
-    except _Unreachable as exc:
-        raise fail(str(exc)) from None
-    except DBAPIError as exc:
-        if isinstance(getattr(exc.orig, "__cause__", None), asyncpg.UndefinedTableError):
-            raise fail(f"the database at {where} is not migrated: run `ingest migrate`") from None
-        raise fail(f"database error: {_reason(exc)}") from None
-    except KeyboardInterrupt:
-        raise fail("interrupted", 130) from None
 
 
 # --- output ---------------------------------------------------------------------------------
@@ -641,7 +572,7 @@ def prune(
                         totals["files"] += 1
                         totals["bytes"] += removed
 
-    totals = _execute(work)
+    totals = in_database(work)
     if not totals["runs"]:
         typer.echo(
             f"nothing to prune: no run finished more than {days} days ago holds row logs or files"
