@@ -330,6 +330,30 @@ class Client:
                 return found[:limit]
             page += 1
 
+    def server_events(self, path: str) -> Iterator[tuple[str, Any]]:
+        """The Server-Sent Events of ``path`` as (event, JSON data), while the server sends
+        them. Nothing (or an early end) when it offers no stream there, answers an error or
+        the connection breaks: the caller then falls back to plain requests."""
+        try:
+            with self._http.stream(
+                "GET", path, headers={"Accept": "text/event-stream"}
+            ) as response:
+                content_type = response.headers.get("content-type", "")
+                if response.is_error or not content_type.startswith("text/event-stream"):
+                    return
+                event, data = "message", list[str]()
+                for line in response.iter_lines():
+                    if not line:
+                        if data:
+                            yield event, json.loads("\n".join(data))
+                        event, data = "message", []
+                    elif line.startswith("event:"):
+                        event = line[6:].strip()
+                    elif line.startswith("data:"):
+                        data.append(line[5:].removeprefix(" "))
+        except (httpx.HTTPError, ValueError):
+            return
+
     def _json(self, response: httpx.Response) -> dict[str, Any]:
         try:
             body = response.json()

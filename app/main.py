@@ -16,6 +16,7 @@ from app.core.openapi import operation_id
 from app.core.params import RefuseNul
 from app.core.queue import close_queue, create_queue
 from app.routers import api_routers
+from app.runs.live import EventsHub, listen_dsn
 
 log = logging.getLogger("ingest")
 
@@ -46,11 +47,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.session_factory = create_session_factory(engine)
         app.state.queue = create_queue(settings.require_redis_url(), settings.queue_name)
+        # The LISTEN connection of run streams: opened by the first stream, closed here.
+        app.state.events_hub = EventsHub(listen_dsn(settings.require_database_url()))
         settings.storage_dir.mkdir(parents=True, exist_ok=True)
         await on_startup(app)
         try:
             yield
         finally:
+            await app.state.events_hub.close()
             await close_queue(app.state.queue)
             await engine.dispose()
 

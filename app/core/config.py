@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     max_upload_mb: int = Field(512, ge=1)
     max_show_rows: int = Field(100, ge=0)
     max_push_items: int = Field(1000, ge=1)
+    # GET /{run}/stream: a keep-alive comment this often (0: none), and a re-read of the run
+    # this often beside the Postgres notifications (a safety net, e.g. while LISTEN reconnects).
+    stream_ping_seconds: float = Field(15.0, ge=0)
+    stream_recheck_seconds: float = Field(2.0, gt=0)
 
     allow_private_urls: bool = False
     url_timeout_seconds: float = Field(30.0, gt=0)

@@ -23,6 +23,7 @@ OPERATION_NAMES: dict[str, str] = {
     "app.runs.router.show_run": "show",
     "app.runs.router.list_rows": "rows",
     "app.runs.router.list_events": "events",
+    "app.runs.router.stream_run": "stream",
     "app.runs.router.cancel_run": "cancel",
     "app.runs.router.retry_run": "retry",
     "app.runs.router.error_summary": "errors_summary",

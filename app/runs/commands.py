@@ -230,7 +230,9 @@ def _phase(run: Run) -> str:
 
 
 def _watch(api: Client, run: Run, console: Console) -> Run:
-    """Poll ``GET /{run}`` and draw a live bar until the run finishes."""
+    """Draw a live bar until the run finishes: from the run's event stream
+    (``GET /{run}/stream``) when the API offers it, else (or once it breaks) by polling
+    ``GET /{run}``."""
     if _finished(run):
         return run
     progress = Progress(
@@ -241,27 +243,50 @@ def _watch(api: Client, run: Run, console: Console) -> Run:
         EtaColumn(),
         console=console,
     )
+
+    def draw(run: Run) -> None:
+        processed, total = _counts(run)
+        rate, eta = _speed(run)
+        progress.update(
+            task,
+            description=_phase(run),
+            total=total or None,
+            completed=processed,
+            rate=rate,
+            eta=eta,
+        )
+
     try:
         with progress:
             # No total yet: an indeterminate bar (rich's own default would be 100).
             task = progress.add_task(_phase(run), total=_counts(run)[1] or None)
+            draw(run)
+            for event, data in api.server_events(f"/{run['id']}/stream"):
+                run = _streamed(run, event, data)
+                draw(run)
+                if event == "end":
+                    return run
             while True:
-                processed, total = _counts(run)
-                rate, eta = _speed(run)
-                progress.update(
-                    task,
-                    description=_phase(run),
-                    total=total or None,
-                    completed=processed,
-                    rate=rate,
-                    eta=eta,
-                )
+                run = api.get(f"/{run['id']}")["data"]
+                draw(run)
                 if _finished(run):
                     return run
                 time.sleep(POLL_SECONDS)
-                run = api.get(f"/{run['id']}")["data"]
     except KeyboardInterrupt:
         raise fail(f"interrupted (run {run['id']} goes on)", 130) from None
+
+
+def _streamed(run: Run, event: str, data: Any) -> Run:
+    """The run as one message of its stream leaves it."""
+    if event == "end":
+        return dict(data)
+    if event == "progress":
+        return {**run, "status": data["status"], "progress": data["progress"]}
+    if event == "split_started" and run["started_at"] is None:
+        return {**run, "started_at": data["at"]}  # for the rate, as the run will show it
+    if event == "cancel_requested":
+        return {**run, "cancel_requested": True}
+    return run
 
 
 def _finish(console: Console, run: Run) -> None:

@@ -1,6 +1,8 @@
 """A run's event log: append-only, one row per thing that happened to the run, written in the
 transaction of the state change it records (so a rolled-back change leaves no event, and a
-change made once has one event however many workers raced to make it).
+change made once has one event however many workers raced to make it). Each insert notifies
+the channel `run_events` with the run id, which wakes the run's live streams (app/runs/live.py)
+once the transaction commits.
 
 | type | data |
 |---|---|
@@ -42,7 +44,21 @@ EventType = Literal[
 ]
 TYPES: tuple[str, ...] = get_args(EventType)
 
-_INSERT = "INSERT INTO run_events (run_id, type, data) VALUES (:run, :type, CAST(:data AS jsonb))"
+# Every insert also notifies NOTIFY_CHANNEL with the run id (app/runs/live.py listens):
+# Postgres delivers it on commit only, once per run and transaction, to every API process.
+NOTIFY_CHANNEL = "run_events"
+
+
+def _insert(run: str, type: str, data: str) -> str:
+    # pg_notify in the FROM clause: it runs once, in the statement of the insert.
+    return (
+        "INSERT INTO run_events (run_id, type, data) "
+        f"SELECT CAST({run} AS bigint), {type}, CAST({data} AS jsonb) "
+        f"FROM pg_notify('{NOTIFY_CHANNEL}', CAST(CAST({run} AS bigint) AS text))"
+    )
+
+
+_INSERT = _insert(":run", "CAST(:type AS text)", ":data")
 
 
 async def add(session: AsyncSession, run_id: int, type: EventType, **data: Any) -> None:
@@ -56,10 +72,8 @@ def with_event(statement: str, type: EventType, run: str, data: str) -> str:
     (``$7`` for asyncpg, ``:event`` for SQLAlchemy) holding the run id and the event's data
     as JSON text."""
     assert type in TYPES  # a literal in the SQL: never anything but a known type
-    return (
-        "WITH run_event AS (INSERT INTO run_events (run_id, type, data) "
-        f"VALUES ({run}, '{type}', CAST({data} AS jsonb))) {statement}"
-    )
+    literal = f"'{type}'"
+    return f"WITH run_event AS ({_insert(run, literal, data)}) {statement}"
 
 
 async def list_page(

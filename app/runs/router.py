@@ -7,9 +7,10 @@ never match here.
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Query, Request, status
+from fastapi import APIRouter, Body, Depends, Header, Query, Request, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
+from sse_starlette import EventSourceResponse
 
 from app.auth.dependencies import Principal, require
 from app.auth.permissions import CREATE, VIEW
@@ -20,7 +21,7 @@ from app.core.idempotency import IdempotencyDep, fingerprint
 from app.core.pagination import One, Page, PageParams, build_page, page_params, paginate
 from app.core.params import INT8_MAX, RunId
 from app.core.storage import storage_of
-from app.runs import events, service
+from app.runs import events, live, service
 from app.runs.events import EventType
 from app.runs.schemas import RetryIn, RowOut, RowStatus, RunListItemOut, RunOut, RunStatus
 
@@ -135,6 +136,53 @@ async def list_events(
     found = await service.get_run(session, run, source_id=principal.source_id)
     conn = await raw_connection(session)
     return await events.list_page(conn, request, found.id, params, types=type, after=after)
+
+
+STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Server-Sent Events: the run's events (`event:` its type, `id:` its id, "
+        "data as `GET /{run}/events` lists it), `progress` (status and counters) at the start "
+        "and on every change, and once the run has finished `end` (the run resource), after "
+        "which the stream closes. `Last-Event-ID` resumes after that event.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+
+
+@router.get(
+    "/{run:int}/stream",
+    response_class=EventSourceResponse,
+    responses={**STREAM_RESPONSE, **error_responses(404)},
+)
+async def stream_run(
+    run: RunId,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: Annotated[Principal, Depends(require(VIEW))],
+    last_event_id: Annotated[
+        int | None,
+        Header(
+            alias="Last-Event-ID",
+            ge=0,
+            le=INT8_MAX,
+            description="Resume: only events with a greater id (what a reconnecting "
+            "EventSource sends).",
+        ),
+    ] = None,
+) -> EventSourceResponse:
+    """Follow a run live (Server-Sent Events): its events, progress, and its end."""
+    found = await service.get_run(session, run, source_id=principal.source_id)
+    stream = live.follow(
+        request.app.state.session_factory,
+        request.app.state.events_hub,
+        found.id,
+        after=last_event_id or 0,
+        recheck_s=settings.stream_recheck_seconds,
+        max_rows=settings.max_show_rows,
+        storage=storage_of(settings),
+    )
+    return EventSourceResponse(stream, ping=settings.stream_ping_seconds)
 
 
 @router.post("/{run:int}/cancel", response_model=MessageOut, responses=error_responses(404, 409))

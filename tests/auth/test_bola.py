@@ -120,6 +120,7 @@ CASES = [
     BolaCase("GET", "/{run}", run_of),
     BolaCase("GET", "/{run}/rows", run_of),
     BolaCase("GET", "/{run}/events", run_of),
+    BolaCase("GET", "/{run}/stream", run_of),  # a finished run: the stream ends at once
     BolaCase("GET", "/{run}/errors/summary", run_of),
     BolaCase("GET", "/{run}/failed-rows/download", run_of),
     BolaCase("POST", "/{run}/cancel", run_of),

@@ -109,6 +109,7 @@ OPERATIONS: dict[str, tuple[str, str, set[int]]] = {
     "runs_show": ("GET", f"{API}/{{run}}", {401, 403, 404, 422}),
     "runs_rows": ("GET", f"{API}/{{run}}/rows", {401, 403, 404, 422}),
     "runs_events": ("GET", f"{API}/{{run}}/events", {401, 403, 404, 422}),
+    "runs_stream": ("GET", f"{API}/{{run}}/stream", {401, 403, 404, 422}),
     "runs_cancel": ("POST", f"{API}/{{run}}/cancel", {401, 403, 404, 409, 422}),
     "runs_retry": ("POST", f"{API}/{{run}}/retry", {400, 401, 403, 404, 409, 422, 429}),
     "runs_errors_summary": ("GET", f"{API}/{{run}}/errors/summary", {401, 403, 404, 422}),

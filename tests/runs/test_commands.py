@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from typer.testing import Result
 
 from app.core.config import Settings, get_settings
+from app.runs import commands
 from tests.cli.harness import api_env, api_server  # noqa: F401  (fixtures)
 from tests.conftest import CreateImporter, RunWorker
 from tests.runs.conftest import (
@@ -305,6 +306,30 @@ async def test_import_wait_shows_the_bar_and_ends_with_the_summary(
     assert "summary    created 2," in out
     assert (await fetch_run(session_factory, run_id)).dry_run is True
     assert await sql(session_factory, "SELECT _key FROM ingest_data.users") == []
+
+
+@pytest.mark.usefixtures("users_importer")
+async def test_import_wait_follows_the_run_s_stream_rather_than_polling(
+    tmp_path: Path,
+    queue: ArqRedis,
+    settings: Settings,
+    run_worker: RunWorker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Polling would look again only after 25 s: an end within 20 s came from the stream.
+    monkeypatch.setattr(commands, "POLL_SECONDS", 25)
+    source = tmp_path / "users.csv"
+    source.write_text(DEFECTS_CSV)
+    command = asyncio.ensure_future(ingest("import", "users", str(source), "--wait"))
+    for _ in range(200):
+        if command.done() or await queue.zcard(settings.queue_name):
+            break
+        await asyncio.sleep(0.05)
+    await run_worker()
+    result = await asyncio.wait_for(command, timeout=20)
+    assert result.exit_code == 0, result.output
+    assert "9/9" in result.stdout and "rows/s" in result.stdout
+    assert "status     completed_with_errors" in result.stdout
 
 
 @pytest.mark.usefixtures("users_importer")
