@@ -33,6 +33,7 @@ from app.core.direct import Context, in_database
 from app.core.storage import Storage, storage_of
 from app.pipeline.chunks import remove_run_payloads
 from app.pipeline.lifecycle import SUMMARY_KEYS
+from app.pipeline.readers.base import plural
 from app.runs import service
 from app.runs.events import TYPES
 from app.runs.models import FINISHED_STATUSES
@@ -432,7 +433,10 @@ def event_summary(type: str, data: dict[str, Any]) -> str:
     if type == "split_finished":
         size = f", {_size(data['bytes'])}" if data.get("bytes") is not None else ""
         reused = f", chunks of run {data['reused_from']}" if data.get("reused_from") else ""
-        return f"{data.get('rows')} rows in {data.get('chunks')} chunks{size}{reused}"
+        counted = (
+            f"{plural(data.get('rows') or 0, 'row')} in {plural(data.get('chunks') or 0, 'chunk')}"
+        )
+        return f"{counted}{size}{reused}"
     if type == "chunk_applied":
         failed = " (its rows failed)" if data.get("status") == "failed" else ""
         attempt = f", attempt {data['attempt']}" if data.get("attempt") else ""

@@ -317,7 +317,7 @@ async def test_events_prints_a_runs_log_over_the_api(
     assert ids == sorted(ids)
     text = done.stdout
     assert "upload run of users" in text
-    assert f"3 rows in 1 chunks, {len(DEFECTS_CSV)} B" in text
+    assert f"3 rows in 1 chunk, {len(DEFECTS_CSV)} B" in text
     assert "chunk 0: 1 created, 2 failed in " in text
     assert "completed_with_errors: 1 created" in text
 
