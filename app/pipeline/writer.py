@@ -221,7 +221,7 @@ def plan_chunk(
 CHUNK_COLUMNS = "c.status, c.first_row, c.row_count, c.byte_start, c.byte_end, c.duplicate_rows"
 
 RUN_CONTEXT = (
-    "SELECT r.status, r.cancel_requested, r.dry_run, r.columns, r.file_key, "
+    "SELECT r.status, r.cancel_requested, r.dry_run, r.columns, r.file_key, r.file_size, "
     "coalesce(r.source_id, i.source_id) AS source_id, i.id AS importer_id, i.updated_at, "
     "i.definition, s.approval_mode FROM runs r JOIN importers i ON i.id = r.importer_id "
     "LEFT JOIN sources s ON s.id = coalesce(r.source_id, i.source_id) WHERE r.id = $1"
@@ -318,7 +318,7 @@ async def _apply_pending(
         await _close_chunk(conn, run_id, index, "cancelled")
         await _count(conn, run_id, Plan())
         return await lifecycle.maybe_finalize(session, run_id, definition)
-    raws = await read_chunk(storage, chunk, run_id, index, run["file_key"], run["columns"])
+    raws = await read_chunk(storage, chunk, run_id, index, run)
     return await _apply(session, conn, raws, definition, run_id, chunk, applying, run)
 
 
@@ -337,17 +337,20 @@ async def read_chunk(
     chunk: asyncpg.Record,
     run_id: int,
     index: int,
-    file_key: str | None,
-    columns: list[str],
+    run: asyncpg.Record,
 ) -> list[RawRow]:
-    """A chunk's raw rows (`chunk` has CHUNK_COLUMNS): its byte range of the run's CSV input,
-    parsed here, or its payload."""
+    """A chunk's raw rows (`chunk` has CHUNK_COLUMNS, `run` the run's file_key, file_size and
+    columns): its byte range of the run's CSV input, parsed here, or its payload."""
     if chunk["byte_start"] is None:
         return await read_payload(storage, run_id, index)
+    file_key, columns = run["file_key"], run["columns"]
     assert file_key is not None  # byte ranges are cut from an input file
-    size = await storage.size(file_key)
+    # The size the input was stored with (a changed file is caught by its row count).
+    size = run["file_size"]
     if size is None:
-        raise FileNotFoundError(file_key)
+        size = await storage.size(file_key)
+        if size is None:
+            raise FileNotFoundError(file_key)
     start, end = chunk["byte_start"], chunk["byte_end"]
     rows = await read_range(storage, file_key, columns, start, end, size=size)
     if len(rows) != chunk["row_count"]:
@@ -561,7 +564,7 @@ async def fail_chunk(
         conn = await raw_connection(session)
         chunk = await conn.fetchrow(
             f"SELECT {CHUNK_COLUMNS}, c.claimed_by, c.attempts, r.columns, r.file_key, "
-            "i.definition FROM run_chunks c "
+            "r.file_size, i.definition FROM run_chunks c "
             "JOIN runs r ON r.id = c.run_id JOIN importers i ON i.id = r.importer_id "
             "WHERE c.run_id = $1 AND c.index = $2 FOR UPDATE OF c",
             run_id,
@@ -575,9 +578,7 @@ async def fail_chunk(
         plan = Plan()
         errors = _json({"message": f"The row could not be written: {reason}"[:1000]})
         try:
-            rows = await read_chunk(
-                storage, chunk, run_id, index, chunk["file_key"], chunk["columns"]
-            )
+            rows = await read_chunk(storage, chunk, run_id, index, chunk)
         except (OSError, ValueError, ReadError):
             rows = []  # the rows themselves are lost: count them failed, log none
             plan.failed = chunk["row_count"]

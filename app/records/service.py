@@ -9,7 +9,7 @@ import asyncpg
 from fastapi import Request
 
 from app.core.errors import NotFound, ValidationFailed
-from app.core.pagination import PageParams, build_page
+from app.core.pagination import PageParams, build_page, keyset_links
 from app.core.params import INT8_MAX
 from app.records.store import columns_of, selected, to_resource
 from app.records.tables import quoted, table_name
@@ -138,11 +138,7 @@ async def list_page(
         request, [to_resource(collection, columns, row) for row in rows], total, params
     )
     if after is not None:
-        last = rows[-1]["_id"] if len(rows) == params.per_page else None
-        page["links"]["next"] = (
-            str(request.url.include_query_params(after=last)) if last is not None else None
-        )
-        page["links"]["prev"] = None
+        keyset_links(page, request, rows[-1]["_id"] if len(rows) == params.per_page else None)
     return page
 
 

@@ -28,7 +28,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import json_dumps
-from app.core.pagination import PageParams, build_page
+from app.core.pagination import PageParams, build_page, keyset_links
 from app.core.timefmt import iso
 
 EventType = Literal[
@@ -110,11 +110,7 @@ async def list_page(
     found = [to_resource(row) for row in rows[: params.per_page]]
     page = build_page(request, found, int(total or 0), params)
     if after is not None:
-        more = len(rows) > params.per_page
-        page["links"]["next"] = (
-            str(request.url.include_query_params(after=found[-1]["id"])) if more else None
-        )
-        page["links"]["prev"] = None
+        keyset_links(page, request, found[-1]["id"] if len(rows) > params.per_page else None)
     return page
 
 
