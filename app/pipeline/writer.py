@@ -387,7 +387,9 @@ async def originals_of(
             continue
         # Parsed up to the last row wanted: the first rows of a run are shown most.
         limit = max(wanted) - first + 1
-        rows = await read_range(storage, file_key, columns, start, end, size=size, limit=limit)
+        rows = await read_range(
+            storage, file_key, columns, start, end, size=size, limit=limit, offload=True
+        )
         if len(rows) == limit:  # else the range no longer holds its rows
             found.update(
                 (number, original_dict(rows[number - first][0], columns)) for number in wanted
