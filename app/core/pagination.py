@@ -78,7 +78,7 @@ def build_page(
     }
 
 
-def keyset_links(page: dict[str, Any], request: Request, last: int | None) -> dict[str, Any]:
+def keyset_links(page: dict[str, Any], request: Request, last: int | str | None) -> dict[str, Any]:
     """A page fetched by keyset (``after=``): its next link continues after `last` (None when
     no page follows), and there is no previous one."""
     after = None if last is None else str(request.url.include_query_params(after=last))

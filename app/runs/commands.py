@@ -7,6 +7,7 @@ INGEST_DATABASE_URL and the storage directory. Errors are one line on stderr and
 (app/client.py), never a traceback.
 """
 
+import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +36,7 @@ from app.pipeline.chunks import remove_run_payloads
 from app.pipeline.lifecycle import SUMMARY_KEYS
 from app.pipeline.readers.base import plural
 from app.runs import service
-from app.runs.events import TYPES
+from app.runs.events import CURSOR_PATTERN, TYPES
 from app.runs.models import FINISHED_STATUSES
 from app.runs.schemas import RunStatus
 
@@ -376,7 +377,11 @@ def list_events(
         typer.Option("--type", help=f"Only events of this type (repeatable): {', '.join(TYPES)}."),
     ] = None,
     after: Annotated[
-        int | None, typer.Option("--after", help="Only events after this event id.")
+        str | None,
+        typer.Option(
+            "--after",
+            help="Only events after this one: its id (as listed) or its API cursor.",
+        ),
     ] = None,
     profile: ProfileOption = None,
 ) -> None:
@@ -385,12 +390,12 @@ def list_events(
     for name in types or ():
         if name not in TYPES:
             raise fail(f"--type must be one of {', '.join(TYPES)}, not {name!r}", EXIT_USAGE)
-    if after is not None and after < 0:
-        raise fail(f"--after must be an event id (0 or more), not {after}", EXIT_USAGE)
+    if after is not None and not re.fullmatch(CURSOR_PATTERN, after):
+        raise fail(f"--after must be an event's cursor or id (0 or more), not {after}", EXIT_USAGE)
     found: list[dict[str, Any]] = []
     with connect(profile) as api:
         # By keyset after the first page: events added meanwhile are never skipped.
-        cursor = after or None
+        cursor = None if after in (None, "0") else after
         while True:
             body = api.get(
                 f"/{run_id}/events", type=types or None, after=cursor, per_page=EVENTS_PAGE
@@ -398,7 +403,7 @@ def list_events(
             found += body["data"]
             if len(body["data"]) < EVENTS_PAGE:
                 break
-            cursor = body["data"][-1]["id"]
+            cursor = body["data"][-1]["cursor"]
     console = _console()
     if not found:
         console.print(f"no events for run {run_id}")

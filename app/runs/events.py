@@ -16,9 +16,15 @@ once the transaction commits.
 | cancel_requested | status (the run's right after: cancelled, or processing until chunks end) |
 | finalized | status, summary |
 | failed | message |
+
+Followers read in cursor order, (xid, id): ``xid`` is the writing transaction (migration
+0015), so events come in the order their transactions began writing (as ``at``, the
+transaction's start, shows), not strictly in id order. Only events of transactions older than
+every transaction still running are read (``Cursor``); a finished run's are all read at once.
 """
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import asyncpg
@@ -28,6 +34,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import json_dumps
+from app.core.errors import BadRequest
 from app.core.pagination import PageParams, build_page, keyset_links
 from app.core.timefmt import iso
 
@@ -76,6 +83,99 @@ def with_event(statement: str, type: EventType, run: str, data: str) -> str:
     return f"WITH run_event AS ({_insert(run, literal, data)}) {statement}"
 
 
+@dataclass(frozen=True)
+class Cursor:
+    """A follower's position: the (transaction, id) of the last event it saw. Events are read
+    in (xid, id) order, and only those whose transaction finished before every transaction
+    still running: an event committed later always sorts above a cursor already handed out.
+    Its text (``<xid>-<id>``) is opaque to clients."""
+
+    xid: int
+    id: int
+
+    def __str__(self) -> str:
+        return f"{self.xid}-{self.id}"
+
+
+# A cursor, or a plain event id (what clients before cursors sent; 0 for "from the start").
+CURSOR_PATTERN = r"^[0-9]{1,20}(-[0-9]{1,19})?$"
+_XID8_MAX = 2**64 - 1
+_INT8_MAX = 2**63 - 1
+
+
+def parse_after(value: str) -> Cursor | int:
+    """``after``/``Last-Event-ID`` as a cursor, or as a plain event id (legacy)."""
+    xid, sep, id_ = value.partition("-")
+    try:
+        if not sep:
+            legacy = int(xid)
+            if 0 <= legacy <= _INT8_MAX:
+                return legacy
+        elif 0 <= int(xid) <= _XID8_MAX and 0 <= int(id_) <= _INT8_MAX:
+            return Cursor(int(xid), int(id_))
+    except ValueError:
+        pass
+    raise BadRequest(f"{value!r} is not an event cursor (an event's `cursor`, or its id)")
+
+
+async def resolve(
+    conn: asyncpg.Connection, run_id: int, after: Cursor | int | None
+) -> Cursor | None:
+    """``after`` as a cursor: a plain event id becomes that event's position (0, or none, is
+    the start). An id that is no event of the run is a 400: following from a guess could
+    skip events."""
+    if after is None or isinstance(after, Cursor):
+        return after
+    if after == 0:
+        return None
+    xid = await conn.fetchval(
+        "SELECT xid::text FROM run_events WHERE id = $1 AND run_id = $2", after, run_id
+    )
+    if xid is None:
+        raise BadRequest(f"run {run_id} has no event {after} to continue after")
+    return Cursor(int(xid), after)
+
+
+# Every transaction below the snapshot's xmin has ended: the events it committed are all
+# visible, and no event will ever be committed below it again. The xmin is cluster-wide (any
+# database's open transaction holds it back): followers lag by the oldest running transaction.
+_SETTLED = "xid < pg_snapshot_xmin(pg_current_snapshot())"
+_COLUMNS = f"id, xid::text AS xid, type, at, data::text AS data, {_SETTLED} AS settled"
+
+
+def _where(
+    run_id: int, types: Sequence[str] | None, after: Cursor | None
+) -> tuple[list[str], list[Any]]:
+    where: list[str] = ["run_id = $1"]
+    args: list[Any] = [run_id]
+    if types:
+        args.append(list(types))
+        where.append(f"type = ANY(${len(args)}::text[])")
+    if after is not None:
+        args += [str(after.xid), after.id]
+        where.append(f"(xid, id) > (CAST(${len(args) - 1} AS text)::xid8, ${len(args)})")
+    return where, args
+
+
+async def read(
+    conn: asyncpg.Connection, run_id: int, after: Cursor | None, limit: int, *, settled: bool
+) -> tuple[list[asyncpg.Record], bool]:
+    """Up to ``limit`` events of the run above ``after`` in cursor order, and whether more
+    were committed but held back (an older transaction still runs: read again soon). With
+    ``settled`` (the run has finished: nothing more will be written) every committed one."""
+    where, args = _where(run_id, None, after)
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM run_events WHERE {' AND '.join(where)} "
+        f"ORDER BY xid, id LIMIT {limit}",
+        *args,
+    )
+    if settled:
+        return list(rows), False
+    # In xid order the events held back all come after those that may be shown.
+    shown = [row for row in rows if row["settled"]]
+    return shown, len(shown) < len(rows)
+
+
 async def list_page(
     conn: asyncpg.Connection,
     request: Request,
@@ -83,34 +183,38 @@ async def list_page(
     params: PageParams,
     *,
     types: Sequence[str] | None = None,
-    after: int | None = None,
+    after: Cursor | int | None = None,
+    settled: bool = False,
 ) -> dict[str, Any]:
-    """One page of the run's events in id order, of ``types`` when given. With ``after`` (an
-    event id) the page starts above it, and its next link, while more follow, continues from
-    the page's last event (the way to follow a run: ``after`` the last id seen)."""
-    where: list[str] = ["run_id = $1"]
-    args: list[Any] = [run_id]
-    if types:
-        args.append(list(types))
-        where.append(f"type = ANY(${len(args)}::text[])")
-    total = await conn.fetchval(
-        f"SELECT count(*) FROM run_events WHERE {' AND '.join(where)}", *args
-    )
-    offset = (params.page - 1) * params.per_page
+    """One page of the run's events in cursor order, of ``types`` when given. With ``after``
+    (a cursor, or an event id) the page starts above it, and its next link, while more follow,
+    continues from the page's last event (the way to follow a run: ``after`` the last cursor
+    seen). Until the run has finished (``settled``) only the events that can never be
+    overtaken by a later commit are listed (``Cursor``)."""
+    position = await resolve(conn, run_id, after)
+    where, args = _where(run_id, types, position)
+    if not settled:
+        where.append(_SETTLED)
+    offset = 0 if after is not None else (params.page - 1) * params.per_page
     if after is not None:
-        args.append(after)
-        where.append(f"id > ${len(args)}")
-        offset = 0
+        # The count, as without a cursor: the run's events (of ``types``) listed so far.
+        count_where, count_args = _where(run_id, types, None)
+        count_where += [] if settled else [_SETTLED]
+    else:
+        count_where, count_args = where, args
+    total = await conn.fetchval(
+        f"SELECT count(*) FROM run_events WHERE {' AND '.join(count_where)}", *count_args
+    )
     # One more than a page: whether a next page follows the keyset one.
     rows = await conn.fetch(
-        f"SELECT id, type, at, data::text AS data FROM run_events WHERE {' AND '.join(where)} "
-        f"ORDER BY id LIMIT {params.per_page + 1} OFFSET {offset}",
+        f"SELECT {_COLUMNS} FROM run_events WHERE {' AND '.join(where)} "
+        f"ORDER BY xid, id LIMIT {params.per_page + 1} OFFSET {offset}",
         *args,
     )
     found = [to_resource(row) for row in rows[: params.per_page]]
     page = build_page(request, found, int(total or 0), params)
     if after is not None:
-        keyset_links(page, request, found[-1]["id"] if len(rows) > params.per_page else None)
+        keyset_links(page, request, found[-1]["cursor"] if len(rows) > params.per_page else None)
     return page
 
 
@@ -118,6 +222,7 @@ def to_resource(row: asyncpg.Record) -> dict[str, Any]:
     data = row["data"]
     return {
         "id": row["id"],
+        "cursor": str(Cursor(int(row["xid"]), row["id"])),
         "type": row["type"],
         "at": iso(row["at"]),
         "data": orjson.loads(data) if data is not None else {},

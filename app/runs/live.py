@@ -10,7 +10,7 @@ nothing. A stream reads Postgres in short transactions, never across a send to t
 
 | SSE event | id | data |
 |---|---|---|
-| its type (`chunk_applied`...) | the event id | the event, as `GET /{run}/events` has it |
+| its type (`chunk_applied`...) | its cursor | the event, as `GET /{run}/events` has it |
 | `progress` | none | `{"status", "progress": {total, processed, successful, failed, skipped}}` |
 | `end` | none | the run resource, as `GET /{run}` answers it (then the stream closes) |
 """
@@ -36,6 +36,8 @@ log = logging.getLogger("ingest.stream")
 
 # Events read per query: a stream opened on a long run catches up in pages.
 PAGE_EVENTS = 500
+# How soon a stream looks again when committed events wait behind an older transaction.
+HELD_BACK_RECHECK_S = 0.2
 
 
 def listen_dsn(database_url: str) -> str:
@@ -112,20 +114,20 @@ def progress_of(run: Run) -> dict[str, Any]:
 
 
 async def _read(
-    factory: async_sessionmaker[AsyncSession], run_id: int, after: int
-) -> tuple[Run | None, list[asyncpg.Record]]:
-    """The run, then its events above ``after`` (one page). Read in this order, a run seen
-    finished has every event it will ever have in the page(s) read after it."""
+    factory: async_sessionmaker[AsyncSession], run_id: int, after: events.Cursor | None
+) -> tuple[Run | None, list[asyncpg.Record], bool]:
+    """The run, then its events above ``after`` (one page), and whether more were committed
+    but are held back behind an older transaction still running. Read in this order, a run
+    seen finished has every event it will ever have in the page(s) read after it."""
     async with factory() as session:
         run = await session.get(Run, run_id)
+        if run is None:
+            return None, [], False
         conn = await raw_connection(session)
-        rows = await conn.fetch(
-            "SELECT id, type, at, data::text AS data FROM run_events "
-            f"WHERE run_id = $1 AND id > $2 ORDER BY id LIMIT {PAGE_EVENTS}",
-            run_id,
-            after,
+        rows, held = await events.read(
+            conn, run_id, after, PAGE_EVENTS, settled=run.status in FINISHED_STATUSES
         )
-    return run, list(rows)
+    return run, rows, held
 
 
 async def _end_resource(
@@ -147,7 +149,7 @@ async def follow(
     hub: EventsHub,
     run_id: int,
     *,
-    after: int = 0,
+    after: events.Cursor | None = None,
     recheck_s: float,
     max_rows: int,
     storage: Storage,
@@ -159,13 +161,13 @@ async def follow(
         while True:
             # Cleared before reading: a commit notified during the read wakes the next round.
             woken.clear()
-            run, rows = await _read(factory, run_id, after)
+            run, rows, held = await _read(factory, run_id, after)
             if run is None:  # pruned meanwhile
                 return
             for row in rows:
                 event = events.to_resource(row)
-                yield ServerSentEvent(json_dumps(event), event=event["type"], id=str(event["id"]))
-                after = row["id"]
+                yield ServerSentEvent(json_dumps(event), event=event["type"], id=event["cursor"])
+                after = events.Cursor(int(row["xid"]), row["id"])
             if len(rows) == PAGE_EVENTS:
                 continue  # more to catch up on
             progress = progress_of(run)
@@ -177,6 +179,9 @@ async def follow(
                 if resource is not None:
                     yield ServerSentEvent(json_dumps(resource), event="end")
                 return
+            # Events held back are shown once the older transaction ends, which notifies
+            # nothing: look again soon rather than at the next re-check.
+            wait_s = min(recheck_s, HELD_BACK_RECHECK_S) if held else recheck_s
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(woken.wait(), recheck_s)
+                await asyncio.wait_for(woken.wait(), wait_s)
             await hub.ensure_listening()  # again, if the connection was lost

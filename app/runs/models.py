@@ -135,7 +135,8 @@ class RunEvent(Base):
     """One entry of a run's append-only event log (app.runs.events writes and reads it)."""
 
     __tablename__ = "run_events"
-    __table_args__ = (Index("ix_run_events_run_id_id", "run_id", "id"),)
+    # Not mapped: ``xid xid8`` (the writing transaction, by default; migration 0015) and the
+    # index on (run_id, xid, id). Events are written and read in SQL (app.runs.events).
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))

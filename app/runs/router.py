@@ -19,10 +19,11 @@ from app.core.deps import SessionDep, SettingsDep, check_queue_room, split_after
 from app.core.errors import error_responses
 from app.core.idempotency import IdempotencyDep, fingerprint
 from app.core.pagination import One, Page, PageParams, build_page, page_params, paginate
-from app.core.params import INT8_MAX, RunId
+from app.core.params import RunId
 from app.core.storage import storage_of
 from app.runs import events, live, service
 from app.runs.events import EventType
+from app.runs.models import FINISHED_STATUSES
 from app.runs.schemas import RetryIn, RowOut, RowStatus, RunListItemOut, RunOut, RunStatus
 
 # 422: a parameter out of range, or a NUL anywhere in the query (app/core/params.py).
@@ -107,6 +108,8 @@ async def list_rows(
 
 class EventOut(BaseModel):
     id: int
+    # Where a follower continues from (`after=`, SSE `id:`): opaque, compare nothing to it.
+    cursor: str
     type: EventType
     at: str
     data: dict[str, Any]
@@ -123,24 +126,33 @@ async def list_events(
         list[EventType] | None, Query(description="Only events of these types (repeatable).")
     ] = None,
     after: Annotated[
-        int | None,
+        str | None,
         Query(
-            ge=1,
-            le=INT8_MAX,
-            description="Keyset paging: events above this event id (the next link continues "
-            "from the page's last one).",
+            pattern=events.CURSOR_PATTERN,
+            description="Keyset paging: events above this event's `cursor` (the next link "
+            "continues from the page's last one). A plain event id is still accepted.",
         ),
     ] = None,
 ) -> dict[str, Any]:
-    """List a run's events (its append-only log) in id order; filter by type."""
+    """List a run's events (its append-only log) in commit order; filter by type."""
     found = await service.get_run(session, run, source_id=principal.source_id)
+    position = events.parse_after(after) if after is not None else None
     conn = await raw_connection(session)
-    return await events.list_page(conn, request, found.id, params, types=type, after=after)
+    return await events.list_page(
+        conn,
+        request,
+        found.id,
+        params,
+        types=type,
+        after=position,
+        settled=found.status in FINISHED_STATUSES,
+    )
 
 
 STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "Server-Sent Events: the run's events (`event:` its type, `id:` its id, "
+        "description": "Server-Sent Events: the run's events (`event:` its type, `id:` its "
+        "cursor, "
         "data as `GET /{run}/events` lists it), `progress` (status and counters) at the start "
         "and on every change, and once the run has finished `end` (the run resource), after "
         "which the stream closes. `Last-Event-ID` resumes after that event.",
@@ -161,23 +173,25 @@ async def stream_run(
     settings: SettingsDep,
     principal: Annotated[Principal, Depends(require(VIEW))],
     last_event_id: Annotated[
-        int | None,
+        str | None,
         Header(
             alias="Last-Event-ID",
-            ge=0,
-            le=INT8_MAX,
-            description="Resume: only events with a greater id (what a reconnecting "
-            "EventSource sends).",
+            pattern=events.CURSOR_PATTERN,
+            description="Resume: only events above this cursor (what a reconnecting "
+            "EventSource sends; a plain event id is still accepted).",
         ),
     ] = None,
 ) -> EventSourceResponse:
     """Follow a run live (Server-Sent Events): its events, progress, and its end."""
     found = await service.get_run(session, run, source_id=principal.source_id)
+    after = events.parse_after(last_event_id) if last_event_id is not None else None
+    # Resolved here: an unknown event id is a 400, not a stream that closes at once.
+    position = await events.resolve(await raw_connection(session), found.id, after)
     stream = live.follow(
         request.app.state.session_factory,
         request.app.state.events_hub,
         found.id,
-        after=last_event_id or 0,
+        after=position,
         recheck_s=settings.stream_recheck_seconds,
         max_rows=settings.max_show_rows,
         storage=storage_of(settings),

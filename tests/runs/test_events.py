@@ -1,6 +1,8 @@
 """A run's event log: written by the worker in the transactions it records, read over
-`GET /{run}/events` (paged, filtered, keyset `after`) with the run's own visibility."""
+`GET /{run}/events` (paged, filtered, keyset `after` a cursor, in commit order) with the run's
+own visibility."""
 
+import asyncio
 import os
 import signal
 from typing import Any
@@ -11,8 +13,10 @@ from arq import ArqRedis, Retry
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
+from app.core.db import unit_of_work
 from app.core.storage import storage_of
 from app.pipeline import splitter, writer
+from app.runs import events
 from app.worker.tasks import apply_chunk
 from tests.conftest import CreateImporter, MakeToken, RunWorker, Upload
 from tests.factories import USER_FIELDS
@@ -269,7 +273,7 @@ async def finished_run(
     return run_id
 
 
-async def test_events_are_listed_in_id_order_by_page(
+async def test_events_are_listed_in_cursor_order_by_page(
     finished_run: int, client: httpx.AsyncClient, admin_headers: dict[str, str]
 ) -> None:
     url = f"{API}/{finished_run}/events"
@@ -277,21 +281,20 @@ async def test_events_are_listed_in_id_order_by_page(
     assert first.status_code == 200, first.text
     body = first.json()
     assert body["meta"] == {"current_page": 1, "per_page": 4, "total": 10, "last_page": 3}
-    assert [e["type"] for e in body["data"]] == [
-        "created",
-        "split_started",
-        "split_finished",
-        "chunk_applied",
-    ]
-    assert set(body["data"][0]) == {"id", "type", "at", "data"}
+    # By writing transaction, then id: the first two are the run's own, before any chunk.
+    assert [e["type"] for e in body["data"]][:2] == ["created", "split_started"]
+    assert set(body["data"][0]) == {"id", "cursor", "type", "at", "data"}
     assert body["data"][0]["at"].endswith("Z")
     assert body["links"]["prev"] is None and "page=2" in body["links"]["next"]
 
+    second = (await client.get(body["links"]["next"], headers=admin_headers)).json()
     last = (await client.get(body["links"]["last"], headers=admin_headers)).json()
-    assert [e["type"] for e in last["data"]] == ["chunk_applied", "finalized"]
-    assert last["links"]["next"] is None
-    ids = [e["id"] for e in body["data"]] + [e["id"] for e in last["data"]]
-    assert ids == sorted(ids)
+    assert len(last["data"]) == 2 and last["links"]["next"] is None
+    paged = [e for page in (body, second, last) for e in page["data"]]
+    everything = (await client.get(url, params={"per_page": 100}, headers=admin_headers)).json()
+    assert paged == everything["data"]
+    positions = [tuple(map(int, e["cursor"].split("-"))) for e in paged]
+    assert positions == sorted(positions) and len(set(positions)) == 10
 
 
 async def test_events_filtered_by_one_or_several_types(
@@ -342,6 +345,81 @@ async def test_events_after_an_id_continue_by_keyset_with_a_next_link(
     # Nothing after the last: an empty page, no next link (follow later with the same id).
     tail = (await client.get(url, params={"after": ids[-1]}, headers=admin_headers)).json()
     assert tail["data"] == [] and tail["links"]["next"] is None
+
+
+async def test_events_after_a_cursor_continue_by_keyset_and_the_cursor_is_the_next_link(
+    finished_run: int, client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    url = f"{API}/{finished_run}/events"
+    everything = (await client.get(url, params={"per_page": 100}, headers=admin_headers)).json()
+    cursors = [e["cursor"] for e in everything["data"]]
+    assert len(set(cursors)) == 10
+
+    page = (
+        await client.get(url, params={"after": cursors[2], "per_page": 3}, headers=admin_headers)
+    ).json()
+    assert [e["cursor"] for e in page["data"]] == cursors[3:6]
+    assert page["links"]["next"].endswith(f"after={cursors[5]}")
+    # A plain id (what clients sent before cursors) continues from the same event.
+    legacy_id = everything["data"][2]["id"]
+    legacy = await client.get(
+        url, params={"after": legacy_id, "per_page": 3}, headers=admin_headers
+    )
+    assert legacy.json()["data"] == page["data"]
+
+
+@pytest.mark.parametrize("after", ["99999", "nope", "1-x", f"{2**64}-1"])
+async def test_an_after_that_is_no_cursor_nor_an_event_of_the_run_is_refused(
+    finished_run: int, client: httpx.AsyncClient, admin_headers: dict[str, str], after: str
+) -> None:
+    response = await client.get(
+        f"{API}/{finished_run}/events", params={"after": after}, headers=admin_headers
+    )
+    assert response.status_code in (400, 422), response.text
+    assert "after" in response.text or "cursor" in response.text or "event" in response.text
+
+
+async def test_a_follower_never_skips_an_event_committed_after_a_later_one(
+    create_importer: CreateImporter,
+    upload: Upload,
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    session_factory: Factory,
+) -> None:
+    """T1 inserts an event (the smaller id) and stays open; T2 inserts one and commits. A
+    follower reading then must not move past T1's event: after T1 commits it sees both."""
+    await create_importer(key=["email"], fields=USER_FIELDS)
+    run_id = (await upload("users", mixed_csv())).json()["data"]["id"]  # pending: not split
+    url = f"{API}/{run_id}/events"
+    seen: list[dict[str, Any]] = []
+    cursor: str | None = None
+
+    async def follow() -> None:
+        nonlocal cursor
+        params = {"per_page": 100} if cursor is None else {"per_page": 100, "after": cursor}
+        response = await client.get(url, params=params, headers=admin_headers)
+        assert response.status_code == 200, response.text
+        page = response.json()["data"]
+        seen.extend(page)
+        cursor = page[-1]["cursor"] if page else cursor
+
+    async with unit_of_work(session_factory) as t1:
+        await events.add(t1, run_id, "chunk_retried", index=0, attempt=1, reason="t1")
+        async with unit_of_work(session_factory) as t2:
+            await events.add(t2, run_id, "chunk_retried", index=1, attempt=1, reason="t2")
+        # T2 committed, T1 still open: T2's event is held back behind T1.
+        await follow()
+        assert [e["data"].get("reason") for e in seen if e["type"] == "chunk_retried"] == []
+    # Both committed: the follower continues from its cursor and gets both, in commit order.
+    # (Polled: an unrelated transaction open elsewhere on the server may hold them back too.)
+    async with asyncio.timeout(10):
+        while len([e for e in seen if e["type"] == "chunk_retried"]) < 2:
+            await follow()
+    retried = [e for e in seen if e["type"] == "chunk_retried"]
+    assert [e["data"]["reason"] for e in retried] == ["t1", "t2"]
+    assert retried[0]["id"] < retried[1]["id"]
+    assert [e["type"] for e in seen] == ["created", "chunk_retried", "chunk_retried"]
+    assert len({e["id"] for e in seen}) == len(seen)
 
 
 async def test_another_sources_run_events_are_404_for_a_source_bound_token(

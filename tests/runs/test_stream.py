@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
@@ -51,7 +52,7 @@ def api_b(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
 @dataclass(frozen=True)
 class Sse:
     event: str
-    id: int | None
+    id: str | None  # an event's cursor
     data: Any
 
 
@@ -64,7 +65,7 @@ async def sse_of(response: httpx.Response) -> AsyncIterator[Sse]:
                 raw_id = fields.get("id")
                 yield Sse(
                     fields.get("event", "message"),
-                    int(raw_id) if raw_id else None,
+                    raw_id or None,
                     json.loads(fields["data"]),
                 )
                 fields = {}
@@ -86,6 +87,22 @@ async def read_all(api: Api, run_id: int, headers: dict[str, str]) -> list[Sse]:
     ):
         assert response.status_code == 200, await response.aread()
         return [message async for message in sse_of(response)]
+
+
+def position(message: Sse) -> tuple[int, int]:
+    """An event's cursor as the (xid, id) it orders by (opaque to clients; known to tests)."""
+    cursor = events.parse_after(message.id or "")
+    assert isinstance(cursor, events.Cursor)
+    return cursor.xid, cursor.id
+
+
+def assert_steps(events: list[Sse], chunks: int) -> None:
+    """The events of a run split into ``chunks`` and applied, each once. Listed by writing
+    transaction (app/runs/events.py): a chunk applied while the split was still going, or the
+    chunk that finalized the run, may come earlier than their ids say."""
+    types = [e.event for e in events]
+    assert types[:2] == ["created", "split_started"]
+    assert sorted(types[2:]) == sorted(["split_finished", *["chunk_applied"] * chunks, "finalized"])
 
 
 def kinds(messages: list[Sse]) -> list[str]:
@@ -126,21 +143,16 @@ async def test_a_stream_follows_a_run_through_a_worker_until_its_end(
         await worker
 
     events = logged(messages)
-    assert [e.event for e in events] == [
-        "created",
-        "split_started",
-        "split_finished",
-        *["chunk_applied"] * 6,
-        "finalized",
-    ]
-    ids = [e.id for e in events]
-    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert_steps(events, chunks=6)
+    positions = [position(e) for e in events]
+    assert positions == sorted(positions) and len(set(positions)) == len(positions)
     # Each event as GET /{run}/events lists it.
-    assert all(e.data["id"] == e.id and e.data["type"] == e.event for e in events)
+    assert all(e.data["cursor"] == e.id and e.data["type"] == e.event for e in events)
     assert sorted(e.data["data"]["index"] for e in events if e.event == "chunk_applied") == [
         *range(6)
     ]
-    assert events[-1].data["data"]["status"] == "completed_with_errors"
+    finalized = [e for e in events if e.event == "finalized"]
+    assert finalized[0].data["data"]["status"] == "completed_with_errors"
 
     progress = [m.data for m in messages if m.event == "progress"]
     processed = [p["progress"]["processed"] for p in progress]
@@ -215,13 +227,7 @@ async def test_a_finished_run_is_answered_at_once_and_resumes_after_last_event_i
     everything = await read_all(api_a, run_id, admin_headers)
     events = logged(everything)
     assert kinds(everything) == [*[e.event for e in events], "progress", "end"]
-    assert [e.event for e in events] == [
-        "created",
-        "split_started",
-        "split_finished",
-        *["chunk_applied"] * 3,
-        "finalized",
-    ]
+    assert_steps(events, chunks=3)
     assert everything[-2].data["progress"]["processed"] == 60
 
     second = events[1].id
@@ -229,6 +235,9 @@ async def test_a_finished_run_is_answered_at_once_and_resumes_after_last_event_i
     assert logged(resumed) == events[2:]
     assert kinds(resumed)[-2:] == ["progress", "end"]
     assert resumed[-1].data == everything[-1].data
+    # A plain event id, as clients before cursors sent, resumes from the same event.
+    legacy = {**admin_headers, "Last-Event-ID": str(events[1].data["id"])}
+    assert logged(await read_all(api_a, run_id, legacy)) == events[2:]
     async with client_of(api_a) as http:
         shown = await http.get(f"{API}/{run_id}", headers=admin_headers)
     assert everything[-1].data == shown.json()["data"]  # `end` is the run as GET /{run} has it
@@ -255,7 +264,8 @@ async def test_a_stream_sends_keep_alive_comments_while_nothing_happens(
             if len(pings := [line for line in lines if line.startswith(":")]) == 2:
                 break
     assert all(ping.startswith(": ping") for ping in pings)
-    assert [line for line in lines if line.startswith("event:")] == [
+    # In either order: a transaction open elsewhere on the server may hold `created` back.
+    assert sorted(line for line in lines if line.startswith("event:")) == [
         "event: created",
         "event: progress",
     ]
@@ -291,6 +301,60 @@ async def test_the_stream_needs_a_token_with_view_and_the_run_in_its_source(
         assert unknown.status_code == 404
         bad_id = await http.get(url, headers={**admin, "Last-Event-ID": "x"})
         assert bad_id.status_code == 422
+        not_its_event = await http.get(url, headers={**admin, "Last-Event-ID": "99999"})
+        assert not_its_event.status_code == 400, not_its_event.text
+
+
+async def test_a_stream_shows_an_event_committed_late_before_the_later_one_it_held_back(
+    api_a: Api,
+    create_importer: CreateImporter,
+    upload: Upload,
+    admin_headers: dict[str, str],
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    """T1 inserts an event and stays open; T2 inserts one, bumps the run's progress and
+    commits. The stream shows T2's progress but holds T2's event back until T1 commits, then
+    sends T1's and T2's: none skipped, in commit order."""
+    await create_importer(key=["email"], fields=USER_FIELDS)
+    run_id = (await upload("users", mixed_csv())).json()["data"]["id"]  # no worker: pending
+    bump = "UPDATE runs SET processed = processed + 1 WHERE id = :id"
+
+    messages: list[Sse] = []
+    async with (
+        client_of(api_a) as http,
+        http.stream("GET", f"{API}/{run_id}/stream", headers=admin_headers) as response,
+        asyncio.timeout(DEADLINE_S),
+    ):
+        assert response.status_code == 200
+        stream = sse_of(response)
+        async for message in stream:
+            messages.append(message)
+            if message.event == "progress":
+                break
+        async with unit_of_work(session_factory) as t1:
+            await events.add(t1, run_id, "chunk_retried", index=0, attempt=1, reason="t1")
+            async with unit_of_work(session_factory) as t2:
+                await events.add(t2, run_id, "chunk_retried", index=1, attempt=1, reason="t2")
+                await t2.execute(text(bump), {"id": run_id})
+            # The stream has read the run after T2's commit once its progress shows it.
+            async for message in stream:
+                messages.append(message)
+                if message.event == "progress":
+                    assert message.data["progress"]["processed"] == 1
+                    break
+        async for message in stream:
+            messages.append(message)
+            if [m.event for m in messages].count("chunk_retried") == 2:
+                break
+
+    retried = [m for m in messages if m.event == "chunk_retried"]
+    assert [m.data["data"]["reason"] for m in retried] == ["t1", "t2"]
+    assert position(retried[0]) < position(retried[1])
+    # Nothing of T2's before T1 committed (after the second `progress`). `created` may itself
+    # come late: any transaction open on the server, in whatever database, holds events back.
+    second_progress = [i for i, m in enumerate(messages) if m.event == "progress"][1]
+    assert "chunk_retried" not in kinds(messages)[: second_progress + 1]
+    assert kinds(messages).count("created") == 1
 
 
 async def test_the_hub_wakes_a_run_s_streams_on_commit_only(
