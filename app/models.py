@@ -6,6 +6,7 @@ from app.items.models import Item, ItemEvent
 from app.records.models import Collection
 from app.runs.models import IdempotencyKey, Run, RunChunk, RunEvent, RunRow, Worker
 from app.sources.models import Source
+from app.webhooks.models import WebhookDelivery, WebhookSubscription
 
 __all__ = [
     "Collection",
@@ -20,5 +21,7 @@ __all__ = [
     "Source",
     "Token",
     "User",
+    "WebhookDelivery",
+    "WebhookSubscription",
     "Worker",
 ]

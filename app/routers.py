@@ -12,6 +12,7 @@ def api_routers() -> list[APIRouter]:
     from app.runs.intake import router as intake
     from app.runs.router import router as runs
     from app.sources.router import router as sources
+    from app.webhooks.router import router as webhooks
     from app.worker.router import router as workers
 
-    return [importers, sources, items, records, tokens, workers, intake, runs]
+    return [importers, sources, items, records, tokens, workers, webhooks, intake, runs]

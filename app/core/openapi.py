@@ -63,6 +63,15 @@ OPERATION_NAMES: dict[str, str] = {
     "app.auth.router.revoke_token": "revoke",
     # workers
     "app.worker.router.list_workers": "list",
+    # webhooks
+    "app.webhooks.router.list_webhooks": "list",
+    "app.webhooks.router.create_webhook": "create",
+    "app.webhooks.router.show_webhook": "show",
+    "app.webhooks.router.update_webhook": "update",
+    "app.webhooks.router.delete_webhook": "delete",
+    "app.webhooks.router.rotate_webhook_secret": "rotate_secret",
+    "app.webhooks.router.list_deliveries": "deliveries",
+    "app.webhooks.router.redeliver": "redeliver",
 }
 
 

@@ -28,6 +28,7 @@ from app.pipeline.validation import RowValidator
 from app.records.store import Table, Write, content_hash
 from app.sources.models import Source
 from app.sources.urls import same_source_url
+from app.webhooks import outbox
 
 # action -> (statuses it is allowed from, status it leads to)
 TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -324,6 +325,7 @@ async def transition(
     if action == "promote":
         await _promote(session, item)
     await _record(session, item.id, actor, from_status, to_status, note)
+    await outbox.item_transitioned(session, item.id, to_status)
     return await get(session, item.id)
 
 

@@ -25,6 +25,7 @@ from app.importers.schemas import ImporterDefinition
 from app.pipeline.chunks import ChunkRow
 from app.records.store import columns_of, content_hash
 from app.records.tables import quoted, table_name
+from app.webhooks import outbox
 
 # Open items: the ones a new push of the same identity updates (the partial unique indexes).
 CLOSED_STATUSES = ("merged", "rejected")
@@ -399,3 +400,4 @@ async def stage_rows(
         title_field=definition.title_field,
         threshold=_default_threshold() if threshold is None else threshold,
     )
+    await outbox.items_staged(conn, [event[0] for event in events])

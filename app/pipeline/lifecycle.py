@@ -13,6 +13,7 @@ from app.core.db import json_dumps
 from app.importers.schemas import ImporterDefinition
 from app.records.tables import table_name
 from app.runs import events
+from app.webhooks import outbox
 
 SUMMARY_KEYS = ("created", "updated", "unchanged", "skipped", "staged", "deleted")
 
@@ -34,6 +35,7 @@ async def fail_run(session: AsyncSession, run_id: int, message: str) -> bool:
     if result.first() is None:
         return False
     await events.add(session, run_id, "failed", message=message[:2000])
+    await outbox.run_finished(session, run_id)
     await session.execute(
         text(
             "UPDATE run_chunks SET status = 'cancelled' WHERE run_id = :id AND status = 'pending'"
@@ -120,6 +122,7 @@ async def maybe_finalize(
             "event": json_dumps({"status": status, "summary": summary}),
         },
     )
+    await outbox.run_finished(session, run_id)
     return True
 
 

@@ -24,6 +24,7 @@ from app.pipeline.readers import ReadError
 from app.pipeline.writer import originals_of
 from app.runs import events, rowlog
 from app.runs.models import FINISHED_STATUSES, Run, RunChunk, RunEvent, RunRow
+from app.webhooks import outbox
 
 
 async def create_run(
@@ -257,6 +258,7 @@ async def cancel_run(session: AsyncSession, run: Run) -> str:
     await events.add(session, run.id, "cancel_requested", status=run.status)
     if ended is not None:  # it ends here, not in maybe_finalize
         await events.add(session, run.id, "finalized", status=run.status, summary=run.summary)
+        await outbox.run_finished(session, run.id)
     return run.status
 
 

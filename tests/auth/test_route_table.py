@@ -31,6 +31,22 @@ def test_the_route_table_includes_the_token_routes() -> None:
     } <= names
 
 
+def test_the_route_table_includes_the_webhook_routes_and_they_require_admin() -> None:
+    webhooks = {case.name: case.abilities for case in ROUTES if "/webhooks" in case.path}
+    hook, deliveries = "/api/v1/ingest/webhooks/{webhook_id}", "/deliveries"
+    assert set(webhooks) == {
+        "GET /api/v1/ingest/webhooks",
+        "POST /api/v1/ingest/webhooks",
+        f"GET {hook}",
+        f"PATCH {hook}",
+        f"DELETE {hook}",
+        f"POST {hook}/rotate-secret",
+        f"GET {hook}{deliveries}",
+        f"POST {hook}{deliveries}/{{delivery_id}}/redeliver",
+    }
+    assert set(webhooks.values()) == {frozenset({"ingest:admin"})}
+
+
 def test_every_route_requires_a_known_ability() -> None:
     unprotected = [case.name for case in ROUTES if not case.abilities]
     assert not unprotected, f"routes without require(ability): {', '.join(unprotected)}"

@@ -85,6 +85,13 @@ _TOKEN: dict[str, Any] = {
     "role": "admin",
     "source_id": 1,
 }
+_WEBHOOK: dict[str, Any] = {
+    "url": "https://example.com/hook",
+    "events": ["run.completed"],
+    "importer": "feed",
+    "source_id": 1,
+    "description": "CRM sync.",
+}
 
 # Bodies the schema accepts as they are, by route (more than one where fields exclude each other).
 SAMPLES: dict[str, list[dict[str, Any]]] = {
@@ -110,6 +117,8 @@ SAMPLES: dict[str, list[dict[str, Any]]] = {
         {**_TOKEN, "expires_at": "2999-01-01T00:00:00Z"},
     ],
     "POST /api/v1/ingest/trigger/{importer}": [{"dry_run": True}],
+    "POST /api/v1/ingest/webhooks": [_WEBHOOK],
+    "PATCH /api/v1/ingest/webhooks/{webhook_id}": [{**_WEBHOOK, "enabled": True}],
     "POST /api/v1/ingest/{run}/retry": [{"dry_run": True}],
 }
 BODY_ROUTES = [case for case in ROUTES if case.has_body]

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from tests.auth.routes import ROUTES, Param, RouteCase
 
 # Path ids of int8 columns (see the migrations); every other id column is int4.
-INT8_IDS = {"item_id"}
+INT8_IDS = {"item_id", "delivery_id"}
 # Query integers of int8 columns: `after` is a record id.
 INT8_QUERY = {"after"}
 # Beyond int4, beyond int8, and below both.

@@ -99,6 +99,26 @@ OPERATIONS: dict[str, tuple[str, str, set[int]]] = {
     "tokens_create": ("POST", f"{API}/tokens", {400, 401, 403, 422}),
     "tokens_revoke": ("DELETE", f"{API}/tokens/{{token_id}}", {401, 403, 404, 422}),
     "workers_list": ("GET", f"{API}/workers", {401, 403, 422}),
+    "webhooks_list": ("GET", f"{API}/webhooks", {401, 403, 422}),
+    "webhooks_create": ("POST", f"{API}/webhooks", {400, 401, 403, 422}),
+    "webhooks_show": ("GET", f"{API}/webhooks/{{webhook_id}}", {401, 403, 404, 422}),
+    "webhooks_update": ("PATCH", f"{API}/webhooks/{{webhook_id}}", {400, 401, 403, 404, 422}),
+    "webhooks_delete": ("DELETE", f"{API}/webhooks/{{webhook_id}}", {401, 403, 404, 422}),
+    "webhooks_rotate_secret": (
+        "POST",
+        f"{API}/webhooks/{{webhook_id}}/rotate-secret",
+        {401, 403, 404, 422},
+    ),
+    "webhooks_deliveries": (
+        "GET",
+        f"{API}/webhooks/{{webhook_id}}/deliveries",
+        {401, 403, 404, 422},
+    ),
+    "webhooks_redeliver": (
+        "POST",
+        f"{API}/webhooks/{{webhook_id}}/deliveries/{{delivery_id}}/redeliver",
+        {401, 403, 404, 409, 422},
+    ),
     "runs_upload": (
         "POST",
         f"{API}/upload/{{importer}}",
