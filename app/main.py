@@ -7,11 +7,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import __version__
+from app.core import metrics
 from app.core.config import Settings, get_settings
 from app.core.db import create_engine, create_session_factory
 from app.core.docs import install_docs
 from app.core.errors import install_error_handlers
 from app.core.health import router as health_router
+from app.core.logs import RequestId, configure_logging
 from app.core.openapi import operation_id
 from app.core.params import RefuseNul
 from app.core.queue import close_queue, create_queue
@@ -34,6 +36,7 @@ TAGS = [
     {"name": "items", "description": "Agent push and the human review workflow."},
     {"name": "tokens", "description": "Service tokens."},
     {"name": "workers", "description": "Worker processes and their heartbeats."},
+    {"name": "webhooks", "description": "Signed event deliveries to your URLs."},
     {"name": "health", "description": "Liveness and readiness probes."},
 ]
 
@@ -70,10 +73,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    configure_logging(settings)
     install_docs(app)
     install_error_handlers(app)
     app.add_middleware(RefuseNul)
+    # Per app, not prometheus_client's global registry (several apps live in one test run).
+    app.state.metrics_registry = metrics.create_registry()
+    app.state.work_totals = metrics.WorkTotals()
+    app.add_middleware(metrics.HttpMetrics, registry=app.state.metrics_registry)
+    app.add_middleware(RequestId)  # outermost of ours: every log line of a request has its id
     app.include_router(health_router)
+    app.include_router(metrics.router)
     for router in api_routers():
         app.include_router(router, prefix=settings.api_prefix)
     return app

@@ -2,8 +2,9 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -68,10 +69,31 @@ class Settings(BaseSettings):
     # The schema of the collection tables (app.records.tables).
     data_schema: str = Field("ingest_data", pattern=r"^[a-z][a-z0-9_]{0,62}$")
 
+    # Webhooks (app/webhooks): the waits before each retry of a failed delivery (after the
+    # last one it is `failed`), the time one attempt may take, the failed deliveries in a
+    # row that disable a subscription (0: never), and how often workers look for due ones
+    # beside the wake-up each commit sends.
+    webhook_retry_seconds: list[Annotated[float, Field(ge=0)]] = Field(
+        [5, 30, 120, 900, 3600, 21600], max_length=20
+    )
+    webhook_timeout_seconds: float = Field(10.0, gt=0, le=60)
+    webhook_disable_after: int = Field(20, ge=0)
+    webhook_poll_seconds: float = Field(5.0, gt=0)
+
     near_duplicate_threshold: float = Field(0.6, ge=0, le=1)
     idempotency_ttl_hours: int = Field(24, ge=1)
 
     log_level: str = "INFO"
+    # `text` (for people, the default) or `json` (one object per line, app/core/logs.py).
+    log_format: Literal["text", "json"] = "text"
+    # GET /metrics answers only `Authorization: Bearer <this>`; unset, it answers 404.
+    metrics_token: SecretStr | None = Field(None, min_length=16)
+
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        # `INGEST_METRICS_TOKEN=` (as compose passes an unset variable) leaves metrics off.
+        return None if value == "" else value
 
     @field_validator("api_prefix")
     @classmethod

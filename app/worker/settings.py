@@ -11,6 +11,7 @@ from arq import Worker, cron
 import app.models  # noqa: F401  (every table, for the ORM's foreign keys)
 from app.core.config import Settings
 from app.core.db import create_engine, create_session_factory
+from app.core.logs import configure_logging
 from app.core.queue import (
     create_queue,
     deserialize,
@@ -19,6 +20,8 @@ from app.core.queue import (
     enqueue_split,
     serialize,
 )
+from app.runs.live import listen_dsn
+from app.webhooks import sender as webhook_sender
 from app.worker import leases, reconcile, tasks
 
 log = logging.getLogger("ingest.worker")
@@ -144,12 +147,15 @@ def create_worker(settings: Settings, *, burst: bool = False, **overrides: Any) 
             await reconcile.reconcile(ctx)  # once, before the queue is drained
         else:
             ctx["reconciler"] = asyncio.create_task(_reconciler(ctx))
+            dsn = listen_dsn(settings.require_database_url())
+            ctx["webhooks"] = asyncio.create_task(webhook_sender.dispatch(ctx, dsn))
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         # Running jobs have finished (or were cancelled after the grace): give back what this
         # worker still holds, so other workers take it at once. arq closes the Redis pool
         # itself after this hook.
         await _stop(ctx.get("reconciler"))
+        await _stop(ctx.get("webhooks"))
         await _stop(ctx["heartbeat"])
         try:
             await _release(ctx)
@@ -160,6 +166,7 @@ def create_worker(settings: Settings, *, burst: bool = False, **overrides: Any) 
         "functions": [
             tasks.split_run_function(settings),
             tasks.apply_chunk_function(),
+            tasks.send_webhooks_function(),
         ],
         "cron_jobs": [
             cron(tasks.schedule_tick, second=5, unique=True),
@@ -205,7 +212,10 @@ def use_uvloop() -> None:
 
 
 def run_worker(settings: Settings, *, burst: bool = False) -> None:
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
+    if settings.log_format == "json":
+        configure_logging(settings)  # one JSON object per line (app/core/logs.py)
+    else:
+        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
     quiet_cron_logs()
     tune_gc()
     use_uvloop()  # before the worker is built: arq takes the current loop

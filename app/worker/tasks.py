@@ -10,6 +10,7 @@ from arq.worker import Function
 from croniter import croniter
 from sqlalchemy import select, text
 
+from app.core import logs
 from app.core.config import Settings
 from app.core.db import unit_of_work
 from app.core.queue import enqueue_quietly, enqueue_split
@@ -21,6 +22,7 @@ from app.pipeline.chunks import Claim
 from app.pipeline.fetch import FetchError, fetch_to_storage
 from app.runs.models import FINISHED_STATUSES, Run
 from app.runs.service import create_run
+from app.webhooks import sender as webhook_sender
 from app.worker import leases
 
 log = logging.getLogger("ingest.worker")
@@ -215,6 +217,11 @@ async def _source_paused(session: Any, importer: Importer) -> bool:
     return bool(status == "paused")
 
 
+async def send_webhooks(ctx: dict[str, Any]) -> None:
+    """Send the webhook deliveries that are due (app.webhooks.sender)."""
+    await webhook_sender.send_due(ctx["session_factory"], ctx["settings"])
+
+
 # arq's timeouts no longer matter for recovery (a dead attempt's work is enqueued again under
 # a new job id once its lease expires), but the largest one is also how long arq keeps a killed
 # job "in progress": an hour for a split (a 10 GB file), two minutes for a chunk.
@@ -222,9 +229,43 @@ SPLIT_TIMEOUT_S = 3600
 CHUNK_TIMEOUT_S = 120
 
 
+async def _importer_of(ctx: dict[str, Any], run_id: int) -> str | None:
+    """The run's importer, for its jobs' JSON log lines: one query per run and process (and
+    none in text format, which does not show it)."""
+    if ctx["settings"].log_format != "json":
+        return None
+    known: dict[int, str | None] = ctx.setdefault("importer_of_run", {})
+    if run_id not in known:
+        if len(known) >= 1000:
+            known.clear()
+        async with ctx["session_factory"]() as session:
+            known[run_id] = await session.scalar(
+                text("SELECT importer_slug FROM runs WHERE id = :id"), {"id": run_id}
+            )
+    return known[run_id]
+
+
+# The jobs as arq runs them: every line logged meanwhile names the run (and chunk, importer).
+async def _split_run_logged(ctx: dict[str, Any], run_id: int) -> None:
+    with logs.bound(run_id=run_id, importer=await _importer_of(ctx, run_id)):
+        await split_run(ctx, run_id)
+        log.debug("split job of run %s done", run_id)
+
+
+async def _apply_chunk_logged(ctx: dict[str, Any], run_id: int, index: int) -> None:
+    with logs.bound(run_id=run_id, chunk=index, importer=await _importer_of(ctx, run_id)):
+        await apply_chunk(ctx, run_id, index)
+        log.debug("chunk %s job of run %s done", index, run_id)
+
+
 def split_run_function(settings: Settings) -> Function:
-    return func(split_run, name="split_run", timeout=SPLIT_TIMEOUT_S)
+    return func(_split_run_logged, name="split_run", timeout=SPLIT_TIMEOUT_S)
 
 
 def apply_chunk_function(timeout_s: int = CHUNK_TIMEOUT_S) -> Function:
-    return func(apply_chunk, name="apply_chunk", timeout=timeout_s)
+    return func(_apply_chunk_logged, name="apply_chunk", timeout=timeout_s)
+
+
+def send_webhooks_function() -> Function:
+    # A pass sends until nothing is due; each attempt is capped by its own timeout.
+    return func(send_webhooks, name=webhook_sender.SEND_JOB, timeout=SPLIT_TIMEOUT_S)

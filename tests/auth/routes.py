@@ -16,7 +16,9 @@ from app.core.config import Settings
 from app.main import create_app
 
 # Routes that answer without a token (SPEC §5). Docs and the OpenAPI schema are not APIRoutes.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+# /metrics takes no user token either: its own INGEST_METRICS_TOKEN (tests/core/test_metrics.py),
+# for a scraper that should be able to read nothing else.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 DUMMY_INT = 999999
 DUMMY_STR = "x"
 
