@@ -71,6 +71,8 @@ class Plan:
     # outcomes string of its rows (app.runs.rowlog).
     batch: tuple[Batch, list[int]] | None = None
     outcomes: str | None = None
+    # Planned from columns (app.pipeline.frames): its chunk_applied event says so.
+    columnar: bool = False
     successful: int = 0
     failed: int = 0
     skipped: int = 0
@@ -263,6 +265,7 @@ class Applying:
                 "duration_ms": round((time.monotonic() - self.started) * 1000, 1),
                 "attempt": self.claim and self.claim.attempt,
                 "worker": self.claim and self.claim.worker_id,
+                "columnar": plan.columnar,
             }
         )
 
@@ -499,10 +502,11 @@ def _columnar(
     definition: ImporterDefinition, run: asyncpg.Record, chunk: asyncpg.Record, table: Table
 ) -> bool:
     """Whether the chunk goes the columnar way (app.pipeline.frames): a byte range of a CSV
-    input, applied for real into records of no source, into a table whose columns are the
-    fields' own."""
+    input of `frames.MIN_ROWS` rows or more, applied for real into records of no source,
+    into a table whose columns are the fields' own."""
     return (
-        not run["dry_run"]
+        chunk["row_count"] >= frames.MIN_ROWS
+        and not run["dry_run"]
         and run["source_id"] is None
         and definition.approval != "manual"
         and run["approval_mode"] != "manual"
@@ -568,7 +572,7 @@ def plan_frame(
     """`plan_chunk` of a validated frame applied for real into records of no source, not
     staged: rows in row order, `duplicates` the row numbers whose key an earlier chunk's row
     had."""
-    plan = Plan()
+    plan = Plan(columnar=True)
     strategy = definition.on_duplicate
     duplicate_message = _json(
         {"message": f"Duplicate entry found for key '{', '.join(definition.key)}'."}
