@@ -40,17 +40,19 @@ def best_of(step: Callable[[], object], rows: int) -> float:
 def python_steps(path: Path) -> tuple[list[tuple[str, float]], list[Any], list[Any]]:
     """Per-row CPU of each step, and the first upload's and the re-upload's plans."""
     from app.importers.schemas import ImporterDefinition
+    from app.pipeline import frames
     from app.pipeline.prepare import ChunkValidator
     from app.pipeline.readers.csv_reader import CsvSlice, open_csv, parse_slice
     from app.pipeline.splitter import Splitter
-    from app.pipeline.writer import plan_chunk
+    from app.pipeline.writer import plan_chunk, plan_frame
     from app.records.store import Known, canonical
 
     importer = ImporterDefinition.model_validate(definition("parts", "all", 1000))
     with open_csv(path) as table:
         columns, start, layout = table.columns, table.position, (table.codec, table.delimiter)
         assert start is not None
-        ends = [end for number, (end, _) in enumerate(table.row_ends(), 1) if number % 1000 == 0]
+        every = [end for end, _ in table.row_ends()]
+    ends = every[999::1000]
     spans = list(zip([start, *ends[:-1]], ends, strict=True))
     rows = len(spans) * 1000
 
@@ -112,6 +114,33 @@ def python_steps(path: Path) -> tuple[list[tuple[str, float]], list[Any], list[A
         for raws, keys in zip(chunks, keyed, strict=True):
             validator.validate(raws, keys, {})
 
+    def columnar(size: int) -> Callable[[], None]:
+        """A chunk job's columnar path (app.pipeline.frames): parse, validate, plan."""
+        cuts = every[size - 1 : rows : size]
+        ranges = list(zip([start, *cuts[:-1]], cuts, strict=True))
+        checker = validator.frames
+        assert checker is not None
+
+        def run() -> None:
+            for n, (begin, end) in enumerate(ranges):
+                frame = frames.read(content[begin:end], columns, layout[1], layout[0])
+                assert frame is not None
+                validated = checker.validate(frame)
+                first = 1 + n * size
+                plan_frame(
+                    validated,
+                    validated.keys,
+                    frame,
+                    importer,
+                    {},
+                    run_id=1,
+                    first_row=first,
+                    log_all=True,
+                    columns=columns,
+                )
+
+        return run
+
     figures = [
         ("split: row ends and repeated keys", best_of(split, rows)),
         ("read a chunk's byte range", best_of(read, rows)),
@@ -119,6 +148,8 @@ def python_steps(path: Path) -> tuple[list[tuple[str, float]], list[Any], list[A
         ("validate", best_of(validate, rows)),
         ("validate + plan, first upload", best_of(lambda: plans(nothing), rows)),
         ("validate + plan, unchanged re-upload", best_of(lambda: plans(stored), rows)),
+        ("columnar read + validate + plan, chunks of 1000", best_of(columnar(1000), rows)),
+        ("columnar read + validate + plan, chunks of 10000", best_of(columnar(10000), rows)),
     ]
     return figures, plans(nothing), plans(stored)
 

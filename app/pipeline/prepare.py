@@ -28,6 +28,7 @@ import orjson
 
 from app.importers.schemas import ImporterDefinition
 from app.pipeline.chunks import ChunkRow, Original, RawRow, original_dict
+from app.pipeline.frames import FrameValidator
 from app.pipeline.mapping import ColumnPlan, plan_columns
 from app.pipeline.validation import RowResult, RowValidator
 from app.records.store import Known
@@ -102,6 +103,7 @@ class ChunkValidator:
 
     def __init__(self, definition: ImporterDefinition, columns: list[str]) -> None:
         plan = plan_columns(definition, columns)
+        self._definition = definition
         self._validator = RowValidator(definition, plan)
         self._shortcut = definition.action != "append" and definition.on_duplicate in (
             "update",
@@ -114,10 +116,22 @@ class ChunkValidator:
         # Fed the salt once; each row's hash continues a copy of it.
         self._salted = hashlib.md5(definition_salt(definition) + orjson.dumps(present))
         self._columns = columns
+        self._plan = plan
+        self._frames: FrameValidator | None = None
         self._by_name = _Layout(definition, plan, {column: column for column in columns})
         self._by_position = _Layout(
             definition, plan, {column: i for i, column in enumerate(columns)}
         )
+
+    @property
+    def frames(self) -> FrameValidator | None:
+        """The columnar form of this validator (app.pipeline.frames), None where the
+        definition and header cannot take it."""
+        if self._frames is None:
+            self._frames = FrameValidator(
+                self._definition, self._plan, self._validator, self._salted, self._shortcut
+            )
+        return self._frames if self._frames.usable else None
 
     def _layout(self, originals: Sequence[Original]) -> _Layout:
         return self._by_position if originals and type(originals[0]) is list else self._by_name

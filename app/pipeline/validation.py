@@ -1,7 +1,7 @@
 """Row transforms, type coercion and validation (SPEC §3), with Laravel's messages.
 
 This is the hot path of every row, so each field is compiled once into a closure that turns a
-raw cell into a typed, JSON-ready value or a `_Failed` carrying the field's messages, and
+raw cell into a typed, JSON-ready value or a `Failed` carrying the field's messages, and
 `RowValidator.validate` only runs those closures.
 
 A chunk of rows is validated a column at a time (`RowValidator.validate_many`): where every
@@ -28,11 +28,11 @@ from app.core.timefmt import human_format
 from app.importers.schemas import FieldSpec, ImporterDefinition
 from app.pipeline.mapping import ColumnPlan
 
-# Typed value or _INVALID; for a compiled field, typed value or _Failed.
+# Typed value or _INVALID; for a compiled field, typed value or Failed.
 Parser = Callable[[Any], Any]
-# A typed value back, or a _Failed.
+# A typed value back, or a Failed.
 Check = Callable[[Any], Any]
-# A column of cells -> their converted values (typed values or _Failed), in order.
+# A column of cells -> their converted values (typed values or Failed), in order.
 Batch = Callable[[list[Any]], list[Any]]
 
 
@@ -43,7 +43,7 @@ class RowResult:
     key: str | None  # record key (None when invalid or action append)
 
 
-class _Failed:
+class Failed:
     """A field's messages: its own type, so no field value can be mistaken for a failure."""
 
     __slots__ = ("messages",)
@@ -346,8 +346,8 @@ def _bounds(
     are templates for the limit."""
     if low is None and high is None:
         return None
-    low_failure = _Failed([too_low.format(_limit_text(low))]) if low is not None else None
-    high_failure = _Failed([too_high.format(_limit_text(high))]) if high is not None else None
+    low_failure = Failed([too_low.format(_limit_text(low))]) if low is not None else None
+    high_failure = Failed([too_high.format(_limit_text(high))]) if high is not None else None
     floor = -math.inf if low is None else low
     ceiling = math.inf if high is None else high
     if sized:
@@ -364,7 +364,7 @@ def _bounds(
     return check
 
 
-def _pattern(regex: re.Pattern[str], failure: _Failed, textual: bool) -> Check:
+def _pattern(regex: re.Pattern[str], failure: Failed, textual: bool) -> Check:
     search = regex.search
     if textual:
 
@@ -379,7 +379,7 @@ def _pattern(regex: re.Pattern[str], failure: _Failed, textual: bool) -> Check:
     return check
 
 
-def _one_of(allowed: frozenset[Any], failure: _Failed, each: bool) -> Check:
+def _one_of(allowed: frozenset[Any], failure: Failed, each: bool) -> Check:
     if each:
         # Laravel's `in` on an array: every item must be allowed.
         def check(value: Any) -> Any:
@@ -413,10 +413,10 @@ def _rules(label: str, spec: FieldSpec, parse: Parser) -> list[Check]:
         checks.append(_bounds(spec.min, spec.max, too_low, too_high, sized=True))
         checks.append(_bounds(spec.min_length, spec.max_length, too_low, too_high, sized=True))
     if spec.pattern is not None and kind not in ("list", "json"):
-        failure = _Failed([f"The {label} format is invalid."])
+        failure = Failed([f"The {label} format is invalid."])
         checks.append(_pattern(re.compile(spec.pattern), failure, textual))
     if spec.in_ is not None and kind != "json":
-        failure = _Failed([f"The selected {label} is invalid."])
+        failure = Failed([f"The selected {label} is invalid."])
         if kind in ("integer", "number", "boolean"):
             # Compared as values: `in: [1, "2"]` allows 1, 1.0, '2' and ' 2 '.
             entries = (
@@ -438,8 +438,8 @@ def _all_of(checks: list[Check]) -> Check | None:
         failed = None
         for check in checks:
             result = check(value)
-            if type(result) is _Failed:
-                failed = result if failed is None else _Failed(failed.messages + result.messages)
+            if type(result) is Failed:
+                failed = result if failed is None else Failed(failed.messages + result.messages)
         return value if failed is None else failed
 
     return check_all
@@ -561,7 +561,7 @@ def _compile_batch(spec: FieldSpec, convert: Parser, finish: Check | None) -> Ba
 
 
 def _compile_field(name: str, spec: FieldSpec, is_key: bool) -> tuple[Parser, Batch]:
-    """The closure raw cell -> typed value or _Failed, for one field, and its column form."""
+    """The closure raw cell -> typed value or Failed, for one field, and its column form."""
     label = name.replace("_", " ")
     kind = spec.type
     is_string = kind == "string"
@@ -573,10 +573,10 @@ def _compile_field(name: str, spec: FieldSpec, is_key: bool) -> tuple[Parser, Ba
         return parse_native(value)
 
     # Coercion to string cannot fail.
-    type_failure = None if is_string else _Failed([_type_message(label, spec)])
+    type_failure = None if is_string else Failed([_type_message(label, spec)])
     # A record needs its key, so a key field is required whatever the definition says.
     required = spec.required or is_key
-    required_failure = _Failed([f"The {label} field is required."])
+    required_failure = Failed([f"The {label} field is required."])
     check = _all_of(_rules(label, spec, parse))
     transforms = tuple(_TRANSFORMS[transform] for transform in spec.transform)
     # trim, slug and strip_non_digits leave no outer spaces, and lower/upper add none.
@@ -683,12 +683,12 @@ class RowValidator:
         get = row.get
         data = {name: convert(get(column)) for name, column, convert in self._fields}
         for value in data.values():
-            if type(value) is _Failed:
+            if type(value) is Failed:
                 # Copies: a field's failures are shared by all its rows.
                 errors = {
                     name: list(failed.messages)
                     for name, failed in data.items()
-                    if type(failed) is _Failed
+                    if type(failed) is Failed
                 }
                 return RowResult(None, errors, None)
         return RowResult(data, None, None if self._key is None else self._key(data))
@@ -721,10 +721,10 @@ class RowValidator:
             batch(column) for (_, batch), column in zip(self._key_batches, cells, strict=True)
         ]
         if len(columns) == 1:
-            return [None if type(value) is _Failed else _key_text(value) for value in columns[0]]
+            return [None if type(value) is Failed else _key_text(value) for value in columns[0]]
         return [
             None
-            if any(type(value) is _Failed for value in values)
+            if any(type(value) is Failed for value in values)
             else "|".join(map(_key_text, values))
             for values in zip(*columns, strict=True)
         ]
@@ -732,6 +732,12 @@ class RowValidator:
     def validate_many(self, rows: list[dict[str, Any]]) -> list[RowResult]:
         """`validate` of each row, computed a column at a time."""
         return self.validate_columns([[row.get(column) for row in rows] for column in self.columns])
+
+    @property
+    def converters(self) -> list[tuple[str, Parser]]:
+        """Each field's per-cell closure (raw cell -> typed value or a failure), in field
+        order; a field without a column ignores its cell."""
+        return [(name, convert) for name, _, convert in self._fields]
 
     @property
     def columns(self) -> list[str]:
@@ -755,8 +761,8 @@ class RowValidator:
         columns = [batch(column) for column, batch in zip(cells, self._batches, strict=True)]
         failed: set[int] = set()
         for values in columns:
-            if _Failed in set(map(type, values)):  # most columns have no failure: no scan
-                failed.update(i for i, value in enumerate(values) if type(value) is _Failed)
+            if Failed in set(map(type, values)):  # most columns have no failure: no scan
+                failed.update(i for i, value in enumerate(values) if type(value) is Failed)
         datas = list(map(dict, map(zip, itertools.repeat(names), zip(*columns, strict=True))))
         key = self._key
         results = []
@@ -765,7 +771,7 @@ class RowValidator:
                 errors = {
                     name: list(value.messages)
                     for name, value in data.items()
-                    if type(value) is _Failed
+                    if type(value) is Failed
                 }
                 results.append(RowResult(None, errors, None))
             else:

@@ -16,13 +16,14 @@ from functools import partial
 from typing import Any
 
 import asyncpg
+import polars as pl
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.db import json_dumps, raw_connection, unit_of_work
 from app.core.storage import Storage
 from app.importers.schemas import ImporterDefinition
 from app.items.staging import foreign_open_keys, stage_rows
-from app.pipeline import lifecycle
+from app.pipeline import frames, lifecycle
 from app.pipeline.chunks import (
     ChunkRow,
     Claim,
@@ -33,11 +34,11 @@ from app.pipeline.chunks import (
     remove_run_payloads,
 )
 from app.pipeline.prepare import INVALID, ChunkValidator, Unchanged
-from app.pipeline.ranges import read_range
+from app.pipeline.ranges import Fetched, fetch_range, parse_range, read_range
 from app.pipeline.readers import ReadError
-from app.records.store import NUL, Known, Table, Write, Writes, canonical, nul_errors
+from app.records.store import NUL, Batch, Known, Table, Write, Writes, canonical, nul_errors
 from app.runs import events
-from app.runs.rowlog import CODES, encode
+from app.runs.rowlog import CODES, OWN_ENTRY, encode
 
 FOREIGN_RECORD = (
     "The record '{key}' belongs to another source: a run of source {source} cannot change it."
@@ -66,6 +67,12 @@ class Plan:
     # With a compact row log: the outcome code of each row not in `log`, by row number.
     codes: dict[int, str] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=lifecycle.empty_summary)
+    # A columnar plan's: its records to write, with the positions of the new ones, and the
+    # outcomes string of its rows (app.runs.rowlog).
+    batch: tuple[Batch, list[int]] | None = None
+    outcomes: str | None = None
+    # Planned from columns (app.pipeline.frames): its chunk_applied event says so.
+    columnar: bool = False
     successful: int = 0
     failed: int = 0
     skipped: int = 0
@@ -258,6 +265,7 @@ class Applying:
                 "duration_ms": round((time.monotonic() - self.started) * 1000, 1),
                 "attempt": self.claim and self.claim.attempt,
                 "worker": self.claim and self.claim.worker_id,
+                "columnar": plan.columnar,
             }
         )
 
@@ -318,8 +326,7 @@ async def _apply_pending(
         await _close_chunk(conn, run_id, index, "cancelled")
         await _count(conn, run_id, Plan())
         return await lifecycle.maybe_finalize(session, run_id, definition)
-    raws = await read_chunk(storage, chunk, run_id, index, run)
-    return await _apply(session, conn, raws, definition, run_id, chunk, applying, run)
+    return await _apply(session, conn, storage, definition, run_id, chunk, applying, run)
 
 
 async def _drop_payloads(
@@ -338,21 +345,21 @@ async def read_chunk(
     run_id: int,
     index: int,
     run: asyncpg.Record,
+    fetched: Fetched | None = None,
 ) -> list[RawRow]:
     """A chunk's raw rows (`chunk` has CHUNK_COLUMNS, `run` the run's file_key, file_size and
-    columns): its byte range of the run's CSV input, parsed here, or its payload."""
+    columns): its byte range of the run's CSV input, parsed here (from `fetched` when its
+    bytes are read already), or its payload."""
     if chunk["byte_start"] is None:
         return await read_payload(storage, run_id, index)
     file_key, columns = run["file_key"], run["columns"]
     assert file_key is not None  # byte ranges are cut from an input file
-    # The size the input was stored with (a changed file is caught by its row count).
-    size = run["file_size"]
-    if size is None:
-        size = await storage.size(file_key)
-        if size is None:
-            raise FileNotFoundError(file_key)
-    start, end = chunk["byte_start"], chunk["byte_end"]
-    rows = await read_range(storage, file_key, columns, start, end, size=size)
+    if fetched is not None:
+        rows = await parse_range(storage, file_key, fetched, columns)
+    else:
+        size = await _input_size(storage, run)
+        start, end = chunk["byte_start"], chunk["byte_end"]
+        rows = await read_range(storage, file_key, columns, start, end, size=size)
     if len(rows) != chunk["row_count"]:
         raise ReadError(f"The input file changed: chunk {index} no longer has its rows.")
     numbers = range(chunk["first_row"], chunk["first_row"] + len(rows))
@@ -361,6 +368,16 @@ async def read_chunk(
         (number, data, error, number in repeated)
         for number, (data, error) in zip(numbers, rows, strict=True)
     ]
+
+
+async def _input_size(storage: Storage, run: asyncpg.Record) -> int:
+    # The size the input was stored with (a changed file is caught by its row count).
+    size = run["file_size"]
+    if size is None:
+        size = await storage.size(run["file_key"])
+        if size is None:
+            raise FileNotFoundError(run["file_key"])
+    return int(size)
 
 
 async def originals_of(
@@ -432,7 +449,7 @@ def _validator(
 async def _apply(
     session: AsyncSession,
     conn: asyncpg.Connection,
-    raws: list[RawRow],
+    storage: Storage,
     definition: ImporterDefinition,
     run_id: int,
     chunk: asyncpg.Record,
@@ -442,12 +459,28 @@ async def _apply(
     index = applying.index
     in_file = chunk["byte_start"] is not None
     table = await Table.load(conn, definition.collection, definition.fields)
-    plan = await _plan(conn, table, raws, definition, run_id, run, in_file)
-    outcomes = None
+    plan, fetched = None, None
+    if in_file and _columnar(definition, run, chunk, table):
+        fetched = await fetch_range(
+            storage,
+            run["file_key"],
+            chunk["byte_start"],
+            chunk["byte_end"],
+            size=await _input_size(storage, run),
+        )
+        if fetched is not None:
+            plan = await _plan_frame(conn, table, fetched, definition, run_id, run, chunk)
+    if plan is None:
+        raws = await read_chunk(storage, chunk, run_id, index, run, fetched)
+        plan = await _plan(conn, table, raws, definition, run_id, run, in_file)
+    outcomes = plan.outcomes
     if plan.codes:  # a CSV chunk's rows, read back from the input file when shown
         outcomes = encode(chunk["first_row"], chunk["row_count"], plan.codes)
     if not run["dry_run"]:
-        await table.write(conn, run["source_id"], run_id, plan.writes, plan.new)
+        if plan.batch is not None:
+            await table.write_batch(conn, run["source_id"], run_id, *plan.batch)
+        else:
+            await table.write(conn, run["source_id"], run_id, plan.writes, plan.new)
         if plan.touched:
             await table.touch(conn, plan.touched, run["source_id"], run_id)
         if plan.staged:
@@ -463,6 +496,164 @@ async def _apply(
     await _close_chunk(conn, run_id, index, "done", outcomes)
     await _count(conn, run_id, plan, applying.event("done", plan))
     return await lifecycle.maybe_finalize(session, run_id, definition)
+
+
+def _columnar(
+    definition: ImporterDefinition, run: asyncpg.Record, chunk: asyncpg.Record, table: Table
+) -> bool:
+    """Whether the chunk goes the columnar way (app.pipeline.frames): a byte range of a CSV
+    input of `frames.MIN_ROWS` rows or more, applied for real into records of no source,
+    into a table whose columns are the fields' own."""
+    return (
+        chunk["row_count"] >= frames.MIN_ROWS
+        and not run["dry_run"]
+        and run["source_id"] is None
+        and definition.approval != "manual"
+        and run["approval_mode"] != "manual"
+        and frames.supports(definition, table.columns)
+    )
+
+
+async def _plan_frame(
+    conn: asyncpg.Connection,
+    table: Table,
+    fetched: Fetched,
+    definition: ImporterDefinition,
+    run_id: int,
+    run: asyncpg.Record,
+    chunk: asyncpg.Record,
+) -> Plan | None:
+    """The plan of a chunk read and validated as columns; None when its rows must go the
+    per-row way (polars declines the bytes, or a key repeats within the chunk)."""
+    columns = run["columns"]
+    frame = frames.read(fetched.data, columns, fetched.part.delimiter, fetched.part.codec)
+    if frame is None or frame.height != chunk["row_count"]:
+        return None
+    validator = _validator(definition, run_id, columns).frames
+    if validator is None:
+        return None
+    validated = validator.validate(frame)
+    keys = validated.keys
+    if definition.action == "append":
+        first = chunk["first_row"]
+        keys = [
+            None if i in validated.errors else f"{run_id}:{first + i}" for i in range(len(keys))
+        ]
+        existing: dict[str, Known] = {}
+    else:
+        existing = await table.known(conn, list({key for key in keys if key is not None}))
+    return plan_frame(
+        validated,
+        keys,
+        frame,
+        definition,
+        existing,
+        run_id=run_id,
+        first_row=chunk["first_row"],
+        log_all=definition.log_rows == "all",
+        columns=columns,
+        duplicates=frozenset(chunk["duplicate_rows"] or ()),
+    )
+
+
+def plan_frame(
+    validated: frames.Validated,
+    keys: Sequence[str | None],
+    frame: pl.DataFrame,
+    definition: ImporterDefinition,
+    existing: Mapping[str, Known],
+    *,
+    run_id: int,
+    first_row: int,
+    log_all: bool,
+    columns: Sequence[str],
+    duplicates: frozenset[int] = frozenset(),
+) -> Plan:
+    """`plan_chunk` of a validated frame applied for real into records of no source, not
+    staged: rows in row order, `duplicates` the row numbers whose key an earlier chunk's row
+    had."""
+    plan = Plan(columnar=True)
+    strategy = definition.on_duplicate
+    duplicate_message = _json(
+        {"message": f"Duplicate entry found for key '{', '.join(definition.key)}'."}
+    )
+    touch = definition.action == "replace"
+    errors, hashes = validated.errors, validated.hashes
+    codes: list[str] = []
+    failed: list[tuple[int, str | None, str]] = []  # row, key, errors (JSON)
+    # The content hash each key has as the rows before have left it (None: no record), and
+    # the last row that writes each key: rows apply one by one, as in `plan_chunk`.
+    current: dict[str, str | None] = {}
+    writer: dict[str, int] = {}
+    created: set[str] = set()
+    counts = plan.counts
+    for i, key in enumerate(keys):
+        if key is None:
+            failed.append((i, None, _json({"message": INVALID, "validation": errors[i]})))
+            codes.append(OWN_ENTRY)
+            continue
+        if key in current:
+            known = current[key]
+        else:
+            record = existing.get(key)
+            known = current[key] = None if record is None else record.hash
+        # An earlier chunk's row had the key: skip and fail decide on that alone.
+        repeated = first_row + i in duplicates
+        if known is None and not (repeated and strategy in ("skip", "fail")):
+            outcome = "created"
+            created.add(key)
+        elif strategy == "skip":
+            outcome = "skipped"
+        elif strategy == "fail":
+            failed.append((i, key, duplicate_message))
+            codes.append(OWN_ENTRY)
+            continue
+        elif known == hashes[i]:
+            outcome = "unchanged"
+            if repeated:
+                # Written all the same, so that the record is this row's: an earlier row,
+                # in a chunk applied later, cannot overwrite it (plan_chunk says more).
+                writer[key] = i
+        else:
+            outcome = "updated"
+        if outcome in ("created", "updated"):
+            writer[key] = i
+            current[key] = hashes[i]
+        counts[outcome] += 1
+        codes.append(CODES[outcome])
+        if touch and outcome in ("unchanged", "skipped"):
+            plan.touched.append(key)
+    plan.skipped = counts["skipped"]
+    plan.failed = len(failed)
+    plan.successful = len(keys) - plan.failed - plan.skipped
+    if log_all and plan.failed < len(keys):  # rows that all failed have entries, no codes
+        plan.outcomes = "".join(codes)
+    if failed:
+        originals = frame[[i for i, _, _ in failed]].rows()
+        plan.log = [
+            (
+                run_id,
+                first_row + i,
+                "failed",
+                None,
+                key if key is None or "\x00" not in key else None,
+                _json(dict(zip(columns, original, strict=True))),
+                message,
+            )
+            for (i, key, message), original in zip(failed, originals, strict=True)
+        ]
+    written = sorted(writer.values())
+    if written:
+        new = [n for n, i in enumerate(written) if keys[i] in created]
+        batch = Batch(
+            [keys[i] for i in written],  # type: ignore[misc]
+            [hashes[i] for i in written],  # type: ignore[misc]
+            [validated.input_hashes[i] for i in written],
+            [first_row + i for i in written],
+            [[column[i] for i in written] for column in validated.values],
+        )
+        plan.batch = (batch, new)
+    return plan
 
 
 async def _plan(

@@ -14,6 +14,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from itertools import repeat
 from typing import Any, NamedTuple
 
 import asyncpg
@@ -47,6 +48,51 @@ class Write(NamedTuple):
 
 
 Writes = dict[str, Write]
+
+
+@dataclass(slots=True)
+class Batch:
+    """Records to write, a list per column: keys, content and input hashes, the rows that
+    wrote them, and per field (a table's `fields`, in order) the values as the columns hold
+    them; `extras` what no column holds, as JSON (None: nothing, in every record)."""
+
+    keys: list[str]
+    hashes: list[str]
+    input_hashes: list[str | None]
+    row_numbers: list[int]
+    values: list[list[Any]]
+    extras: list[str | None] | None = None
+
+    def take(self, rows: Sequence[int]) -> "Batch":
+        """The batch of records at positions `rows`."""
+        return Batch(
+            [self.keys[i] for i in rows],
+            [self.hashes[i] for i in rows],
+            [self.input_hashes[i] for i in rows],
+            [self.row_numbers[i] for i in rows],
+            [[column[i] for i in rows] for column in self.values],
+            None if self.extras is None else [self.extras[i] for i in rows],
+        )
+
+    def copy_rows(
+        self, rows: Sequence[int], source_id: int | None, run_id: int | None
+    ) -> list[tuple[Any, ...]]:
+        """The COPY rows (system columns of `_WRITTEN`, then the fields) of records `rows`."""
+        taken = self.take(rows) if len(rows) != len(self.keys) else self
+        extras = taken.extras if taken.extras is not None else repeat(None)
+        return list(
+            zip(
+                taken.keys,
+                taken.hashes,
+                taken.input_hashes,
+                repeat(source_id),
+                repeat(run_id),
+                taken.row_numbers,
+                extras,
+                *taken.values,
+                strict=False,  # the repeats are endless
+            )
+        )
 
 
 def canonical(data: Mapping[str, Any]) -> tuple[bytes, str]:
@@ -130,6 +176,14 @@ _CONVERT: dict[str, Callable[[Any], Any]] = {
     "text[]": _list,
     "jsonb": _json_text,
 }
+
+
+def column_value(kind: str, value: Any) -> Any:
+    """A validated value as a column of type `kind` holds it (TypeError or ValueError when
+    it cannot)."""
+    return _CONVERT[kind](value)
+
+
 _EXACT: dict[str, type] = {"text": str, "bigint": int, "double precision": float, "boolean": bool}
 # How a column travels in the upsert's unnest: lists as JSON (arrays of arrays must be
 # rectangular), the rest as arrays of their own type.
@@ -242,9 +296,36 @@ class Table:
     ) -> None:
         """Write records: those of `new` keys (none had a record when the chunk looked) by
         COPY, which costs Postgres a third less than INSERT ... ON CONFLICT, then the rest by
-        one upsert. If a concurrent chunk or run created one of the new keys meanwhile, the
-        COPY fails whole (under a savepoint) and every record goes through the upsert."""
-        new = [key for key in new if key in writes]
+        one upsert (`write_batch`)."""
+        extras: list[str | None] = []
+        batch = Batch([], [], [], [], [[] for _ in self.fields], extras)
+        for key, write in writes.items():
+            values, extra = self._row(write.data)
+            batch.keys.append(key)
+            batch.hashes.append(write.hash)
+            batch.input_hashes.append(write.input_hash)
+            batch.row_numbers.append(write.row_number)
+            extras.append(extra)
+            for column, value in zip(batch.values, values, strict=True):
+                column.append(value)
+        fresh = set(new)
+        created = [i for i, key in enumerate(batch.keys) if key in fresh]
+        await self.write_batch(conn, source_id, run_id, batch, created)
+
+    async def write_batch(
+        self,
+        conn: asyncpg.Connection,
+        source_id: int | None,
+        run_id: int | None,
+        batch: "Batch",
+        new: list[int],
+    ) -> None:
+        """Write a batch of records whose values are as their columns hold them: rows `new`
+        (positions in the batch; no record had their keys when the chunk looked) by COPY,
+        the rest by one upsert. If a concurrent chunk or run created one of the new keys
+        meanwhile, the COPY fails whole (under a savepoint) and every record goes through the
+        upsert."""
+        rest = batch
         if new:
             await self._forget_older_shape(conn)
             await conn.execute("SAVEPOINT new_records")
@@ -253,15 +334,15 @@ class Table:
                     self.collection,
                     schema_name=get_settings().data_schema,
                     columns=[*_WRITTEN, *self.fields],
-                    records=self._copy_rows(writes, new, source_id, run_id),
+                    records=batch.copy_rows(new, source_id, run_id),
                 )
             except asyncpg.UniqueViolationError:
                 await conn.execute("ROLLBACK TO SAVEPOINT new_records")
             else:
                 await conn.execute("RELEASE SAVEPOINT new_records")
                 done = set(new)
-                writes = {key: write for key, write in writes.items() if key not in done}
-        await self._upsert(conn, source_id, run_id, writes)
+                rest = batch.take([i for i in range(len(batch.keys)) if i not in done])
+        await self._upsert(conn, source_id, run_id, rest)
 
     async def _forget_older_shape(self, conn: asyncpg.Connection) -> None:
         """asyncpg's COPY encodes rows by the column types of a statement it prepared once per
@@ -275,44 +356,26 @@ class Table:
             shapes.clear()
         shapes[self.name] = shape
 
-    def _copy_rows(
-        self, writes: Writes, keys: list[str], source_id: int | None, run_id: int | None
-    ) -> list[tuple[Any, ...]]:
-        rows = []
-        for key in keys:
-            write = writes[key]
-            values, extra = self._row(write.data)
-            head = (key, write.hash, write.input_hash, source_id, run_id, write.row_number)
-            rows.append((*head, extra, *values))
-        return rows
-
     async def _upsert(
-        self, conn: asyncpg.Connection, source_id: int | None, run_id: int | None, writes: Writes
+        self, conn: asyncpg.Connection, source_id: int | None, run_id: int | None, batch: "Batch"
     ) -> None:
-        if not writes:
+        if not batch.keys:
             return
-        columns: list[list[Any]] = [[] for _ in self.fields]
-        extras: list[str | None] = []
-        for write in writes.values():
-            values, extra = self._row(write.data)
-            extras.append(extra)
-            for column, value in zip(columns, values, strict=True):
-                column.append(value)
+        columns = list(batch.values)
         for position, field in enumerate(self.fields):
             if self.columns[field] == "text[]":
                 columns[position] = [
                     None if v is None else _json_text(v) for v in columns[position]
                 ]
-        values = list(writes.values())
         await conn.execute(
             self._upsert_sql(),
             source_id,
             run_id,
-            list(writes),
-            [v.hash for v in values],
-            [v.input_hash for v in values],
-            [v.row_number for v in values],
-            extras,
+            batch.keys,
+            batch.hashes,
+            batch.input_hashes,
+            batch.row_numbers,
+            batch.extras if batch.extras is not None else [None] * len(batch.keys),
             *columns,
         )
 

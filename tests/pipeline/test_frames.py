@@ -1,0 +1,152 @@
+"""Columnar chunks (app.pipeline.frames) against the per-row path they stand for.
+
+Validation: on the generated definitions and chunks of test_validation_properties (as a CSV
+gives them: every cell text), each row of a frame fails with the reference's messages or has
+the reference's values (as their columns hold them), key and content hash, and the input
+hash the per-row path gives it. Reading: a frame read from CSV bytes holds exactly the rows
+the csv reader reads from them, or the frame path declines the bytes.
+"""
+
+import csv
+import io
+import os
+from typing import Any
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from app.pipeline import frames
+from app.pipeline.prepare import ChunkValidator
+from app.pipeline.readers.csv_reader import CsvSlice, parse_slice
+from app.pipeline.validation import _text
+from app.records.store import column_value, content_hash
+from tests.pipeline.reference import reference_validate
+from tests.pipeline.test_validation_properties import MISSING, TYPES, cases
+
+EXAMPLES = int(os.environ.get("INGEST_PROPERTY_EXAMPLES", "40"))
+
+
+@pytest.fixture(autouse=True)
+def clean_database() -> None:
+    """No database here: the suite's table truncation is not needed."""
+
+
+def as_csv_cell(cell: Any) -> str:
+    """A generated cell as a CSV gives it: text, a missing cell empty. (NUL never reaches a
+    frame: `frames.read` declines it.)"""
+    if cell is MISSING or cell is None:
+        return ""
+    return (cell if isinstance(cell, str) else _text(cell)).replace("\x00", "0")
+
+
+def shown(value: Any) -> str:
+    return repr(value)  # tells 1, 1.0 and True apart
+
+
+@pytest.mark.parametrize("kind", TYPES)
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_a_frame_validates_as_the_reference_validates_its_rows(
+    kind: str, data: st.DataObject
+) -> None:
+    definition, columns, generated = data.draw(cases(kind), label="case")
+    rows = [
+        {column: as_csv_cell(row.get(column, MISSING)) for column in columns} for row in generated
+    ]
+    validator = ChunkValidator(definition, columns)
+    checker = validator.frames
+    if checker is None:  # a required field without a column: every row fails, per row
+        return
+    frame = pl.DataFrame(
+        {column: [row[column] for row in rows] for column in columns},
+        schema=dict.fromkeys(columns, pl.String),
+    )
+    validated = checker.validate(frame)
+    raws = [(n, [row[c] for c in columns], None, False) for n, row in enumerate(rows, 2)]
+    input_hashes = validator.hashes(raws)
+    keyed = all(definition.fields[name].type in frames._KEY_KINDS for name in definition.key)
+    for i, row in enumerate(rows):
+        wanted, errors, key = reference_validate(definition, columns, row)
+        if errors:
+            assert validated.errors.get(i) == errors, row
+            assert list(validated.errors[i]) == list(errors), row  # in field order
+            assert validated.hashes[i] is None
+            continue
+        assert wanted is not None
+        assert i not in validated.errors, row
+        assert validated.hashes[i] == content_hash(wanted), row
+        for (name, spec), values in zip(definition.fields.items(), validated.values, strict=True):
+            expected = wanted[name]
+            if expected is not None:
+                expected = column_value(frames.NATURAL[spec.type], expected)
+            assert shown(values[i]) == shown(expected), (name, row)
+        if keyed:
+            assert validated.keys[i] == key, row
+        hashed = input_hashes[i]
+        assert validated.input_hashes[i] == (None if hashed is None else hashed[1]), row
+
+
+# Text that CSV quoting has to get right: quotes, separators, line breaks, spaces, Unicode.
+CELLS = st.text(st.sampled_from(list("ab ,;\"\n\r\t'éß😀1")), max_size=6)
+
+
+@st.composite
+def csv_bytes(draw: st.DrawFn) -> tuple[bytes, list[str], str]:
+    width = draw(st.integers(1, 4))
+    delimiter = draw(st.sampled_from([",", ";", "\t", "|"]))
+    rows = draw(st.lists(st.lists(CELLS, min_size=width, max_size=width), min_size=1, max_size=12))
+    out = io.StringIO()
+    csv.writer(
+        out,
+        delimiter=delimiter,
+        lineterminator=draw(st.sampled_from(["\n", "\r\n"])),
+        quoting=draw(st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL])),
+    ).writerows(rows)
+    text = out.getvalue()
+    # Now and then a hand-made flaw: a ragged row, a blank line, a stray quote, a lone CR.
+    flaw = draw(st.sampled_from(["", "", "", "x\n", "\n", '"open', 'a"b\n', "a\rb\n"]))
+    at = draw(st.integers(0, len(text)))
+    text = text[:at] + flaw + text[at:]
+    columns = [f"c{n}" for n in range(width)]
+    return text.encode(), columns, delimiter
+
+
+@settings(max_examples=EXAMPLES * 10, deadline=None)
+@given(case=csv_bytes())
+def test_a_frame_holds_the_rows_the_csv_reader_reads_or_none(
+    case: tuple[bytes, list[str], str],
+) -> None:
+    data, columns, delimiter = case
+    frame = frames.read(data, columns, delimiter, "utf-8")
+    if frame is None:
+        return
+    rows = parse_slice(
+        data,
+        columns,
+        CsvSlice("utf-8", delimiter, 0, len(data)),
+        at_end=True,
+        breaks_before=lambda: 0,
+    )
+    assert all(error is None for _, error in rows)
+    assert [list(row) for row in frame.rows()] == [cells for cells, _ in rows]
+
+
+def test_a_frame_declines_what_the_csv_reader_reads_its_own_way() -> None:
+    columns = ["a", "b"]
+    for data in (
+        b"1,2\r3,4\n",  # a lone CR ends a line
+        b"1,2\n3\n",  # a ragged row
+        b"1,2\n\n3,4\n",  # a blank line
+        b'1,"2\n',  # a quote left open
+        b"1,a\x00b\n",  # NUL
+        "1,é\n".encode("cp1252"),
+    ):
+        assert frames.read(data, columns, ",", "utf-8") is None, data
+    assert frames.read(b"1,2\n", columns, ",", "cp1252") is None
+    assert frames.read(b"1,2\r\n3,4\r\n", columns, ",", "utf-8") is not None
