@@ -42,6 +42,7 @@ from app.pipeline.validation import (
     _text,
 )
 from app.records.store import column_value
+from app.records.tables import COLUMN_TYPES
 
 # Below this many rows a chunk goes the per-row way: a frame's fixed cost (some tens of calls
 # into polars, ~7 ms) outweighs what its columns save. Measured with bench.parts' users file
@@ -70,20 +71,9 @@ _TRANSFORMS: dict[str, Callable[[pl.Expr], pl.Expr]] = {
     "strip_non_digits": lambda e: e.str.replace_all(r"[^0-9]+", ""),
     "slug": lambda e: e.str.to_lowercase().str.replace_all(r"[^a-z0-9]+", "-").str.strip_chars("-"),
 }
-# The column type each field type writes (app.records.tables): the frame path writes only
-# into tables whose columns are these.
-NATURAL = {
-    "string": "text",
-    "email": "text",
-    "url": "text",
-    "integer": "bigint",
-    "number": "double precision",
-    "boolean": "boolean",
-    "date": "date",
-    "datetime": "timestamp with time zone",
-    "list": "text[]",
-    "json": "jsonb",
-}
+# The column type each field type writes: the frame path writes only into tables whose
+# columns are these.
+NATURAL = COLUMN_TYPES
 
 
 def read(data: bytes, columns: list[str], delimiter: str, codec: str) -> pl.DataFrame | None:
