@@ -9,21 +9,10 @@ from typing_extensions import TypeAliasType
 
 from app.core.openapi import documented_as
 from app.core.schemas import Int4Id, RequestBody
-from app.webhooks.outbox import EVENT_TYPES
+from app.webhooks.outbox import EVENT_TYPES, EventType
 
-WebhookEvent = TypeAliasType(
-    "WebhookEvent",
-    Literal[
-        "run.completed",
-        "run.completed_with_errors",
-        "run.failed",
-        "run.cancelled",
-        "item.staged",
-        "item.approved",
-        "item.rejected",
-        "item.merged",
-    ],
-)
+# The event types, named in the OpenAPI document (the outbox holds the one list).
+WebhookEvent = TypeAliasType("WebhookEvent", EventType)
 DeliveryStatus = TypeAliasType("DeliveryStatus", Literal["pending", "succeeded", "failed"])
 DELIVERY_STATUSES = ("pending", "succeeded", "failed")
 
