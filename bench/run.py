@@ -72,7 +72,8 @@ def plain(url: str, database: str | None = None) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def definition(slug: str, log_rows: str, chunk_size: int) -> dict[str, Any]:
+def definition(slug: str, log_rows: str, chunk_size: int | None) -> dict[str, Any]:
+    """The bench importer; `chunk_size` None leaves chunk sizes to the service."""
     return {
         "slug": slug,
         "format": "csv",
@@ -80,7 +81,7 @@ def definition(slug: str, log_rows: str, chunk_size: int) -> dict[str, Any]:
         "key": ["email"],
         "on_duplicate": "update",
         "action": "upsert",
-        "chunk_size": chunk_size,
+        **({"chunk_size": chunk_size} if chunk_size is not None else {}),
         "log_rows": log_rows,
         "fields": FIELDS,
     }
@@ -395,7 +396,7 @@ def upload_and_wait(
     }
 
 
-def set_chunk_size(client: httpx.Client, size: int) -> None:
+def set_chunk_size(client: httpx.Client, size: int | None) -> None:
     for slug, log_rows in ((ALL, "all"), (FAILED, "failed")):
         client.put(f"/importers/{slug}", json=definition(slug, log_rows, size)).raise_for_status()
 
@@ -426,6 +427,7 @@ def measure_all(
     for workers in args.workers:
         for n, size in enumerate(args.chunk_sizes):
             set_chunk_size(client, size)
+            size = size or "auto"
             steps = [
                 ("big-all", f"{big} log_rows=all cs={size}", ALL, "big", True),
                 ("big-failed", f"{big} log_rows=failed cs={size}", FAILED, "big", True),
@@ -567,6 +569,7 @@ def report(copy: dict, results: list[dict], checks: list[dict], meta: dict) -> N
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     ints = lambda text: [int(x) for x in text.split(",")]  # noqa: E731
+    sizes = lambda text: [None if x == "auto" else int(x) for x in text.split(",")]  # noqa: E731
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the big file")
     parser.add_argument("--small", type=int, default=100_000, help="rows of the small file")
     parser.add_argument("--seed", type=int, default=42)
@@ -576,9 +579,10 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--chunk-sizes",
-        type=ints,
-        default=[1000],
-        help="chunk sizes; the first is the main one, others rerun the big file",
+        type=sizes,
+        default=[None],
+        help="chunk sizes (auto: the service's); the first is the main one, others rerun the "
+        "big file",
     )
     return parser.parse_args()
 

@@ -142,7 +142,8 @@ class ImporterDefinition(Strict):
     action: Action = "upsert"
     approval: ApprovalMode = "auto"
     strict_headers: bool = False
-    chunk_size: int = Field(1000, ge=1, le=50_000)
+    # None: the service sizes chunks (app.pipeline.splitter); a number is an upper bound.
+    chunk_size: int | None = Field(None, ge=1, le=50_000)
     failure_threshold: float = Field(100, ge=0, le=100)
     log_rows: LogRows = "all"
     # Review workflow: the field compared for near duplicates, and the item's external id.
@@ -258,7 +259,7 @@ class ImporterDefinitionOut(TypedDict):
     action: Action
     approval: ApprovalMode
     strict_headers: bool
-    chunk_size: int
+    chunk_size: NotRequired[int]
     failure_threshold: float
     log_rows: LogRows
     title_field: NotRequired[str]

@@ -308,8 +308,13 @@ def supports(definition: ImporterDefinition, columns: dict[str, str]) -> bool:
     return (
         definition.on_duplicate != "update_if_newer"
         and all(columns.get(name) == NATURAL[spec.type] for name, spec in definition.fields.items())
-        and all(definition.fields[name].type in _KEY_KINDS for name in definition.key)
+        and keys_supported(definition)
     )
+
+
+def keys_supported(definition: ImporterDefinition) -> bool:
+    """Whether a frame gives this definition's keys (`FrameValidator.keys`)."""
+    return all(definition.fields[name].type in _KEY_KINDS for name in definition.key)
 
 
 class FrameValidator:
@@ -347,6 +352,44 @@ class FrameValidator:
             if not f.constant
             for expr in f.exprs()
         ]
+        self._value_exprs = [
+            expr for expr in self._exprs if expr.meta.output_name().endswith(("v", "o"))
+        ]
+
+    def keys(self, frame: pl.DataFrame) -> list[str | None]:
+        """Each row's key (None where a key field fails), as `validate` gives it, without the
+        rest: what the splitter marks repeated keys by, for a validator of the key fields."""
+        height = frame.height
+        computed = frame.select(self._value_exprs) if self._value_exprs else pl.DataFrame()
+        odd = computed.select(
+            col(f"{position}o").arg_true().implode().alias(str(position))
+            for position, f in enumerate(self.fields)
+            if not f.constant
+        )
+        odd_rows = odd.row(0) if odd.width else ()
+        values: list[list[Any]] = []
+        failed: set[int] = set()
+        found = iter(odd_rows)
+        for position, f in enumerate(self.fields):
+            if f.constant:
+                values.append([f.constant_value] * height)
+                continue
+            column = computed.get_column(f"{position}v").to_list()
+            rows = next(found)
+            if rows:
+                cells = frame.get_column(f.source).gather(rows).to_list()  # type: ignore[arg-type]
+                for i, cell in zip(rows, cells, strict=True):
+                    result = f.convert(cell)
+                    if type(result) is Failed:
+                        failed.add(i)
+                        column[i] = None
+                    else:
+                        column[i] = _as_column(f.kind, result)
+            values.append(column)
+        keys = self._keys(values, height)
+        for i in failed:
+            keys[i] = None
+        return keys
 
     def validate(self, frame: pl.DataFrame) -> Validated:
         height = frame.height
@@ -444,21 +487,24 @@ class FrameValidator:
         hashes: list[str | None] = [
             None if text is None else md5(text.encode()).hexdigest() for text in rows
         ]
-        keys: list[str | None] = [None] * height
-        if self.key:
-            positions = [order[name] for name in self.key]
-            if len(positions) == 1:
-                keys = [None if v is None else _key_text(v) for v in values[positions[0]]]
-            else:
-                keys = [
-                    "|".join(map(_key_text, cells))
-                    for cells in zip(*(values[p] for p in positions), strict=True)
-                ]
+        keys = self._keys(values, height)
         for i in errors:
             hashes[i] = keys[i] = None
         if hashes.count(None) != len(errors):
             raise RuntimeError("A valid row of a frame has no JSON: a field's expression is wrong.")
         return Validated(values, keys, hashes, self._input_hashes(frame), errors)
+
+    def _keys(self, values: list[list[Any]], height: int) -> list[str | None]:
+        if not self.key:
+            return [None] * height
+        order = {f.name: n for n, f in enumerate(self.fields)}
+        positions = [order[name] for name in self.key]
+        if len(positions) == 1:
+            return [None if v is None else _key_text(v) for v in values[positions[0]]]
+        return [
+            "|".join(map(_key_text, cells))
+            for cells in zip(*(values[p] for p in positions), strict=True)
+        ]
 
     def _input_hashes(self, frame: pl.DataFrame) -> list[str | None]:
         """The rows' input hashes (app.pipeline.prepare): MD5 of the salt and the mapped

@@ -1,11 +1,13 @@
 """Split a run's input into chunks: check the header, count rows, store each chunk.
 
 The splitter is the only sequential step of a run, so it does as little per row as it can.
-A CSV chunk is a byte range of the file, found with `csv.reader` alone and parsed again by the
-chunk job; other inputs (XLSX, JSON, retries, and CSV whose duplicate keys must be marked
-here) are read into rows and stored as payload files. It streams the input once, so memory
-stays flat; each chunk is committed (with the run's progress) before its apply job is
-enqueued. If the worker dies, the job runs again and resumes after the last committed chunk.
+A CSV chunk is a byte range of the file, parsed again by the chunk job: a block of about 4 MiB
+cut after its last line break outside quotes and parsed by polars for its row count and
+repeated keys, or, where polars may read rows differently, rows found with `csv.reader`.
+Other inputs (XLSX, JSON, retries) are read into rows and stored as payload files.
+It streams the input once, so memory stays flat; each chunk is committed (with the run's
+progress) before its apply job is enqueued. If the worker dies, the job runs again and
+resumes after the last committed chunk.
 A cancel stops it storing chunks, not reading: the rest of the input is still counted, so
 that the run's `total` is the input's row count.
 A file that an earlier run of the importer split already (the same bytes, the same
@@ -14,12 +16,14 @@ definition) is not read here: that run's chunk ledger is copied.
 
 import asyncio
 import logging
+import re
 import secrets
 import time
 from array import array
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import orjson
 import polars as pl
@@ -33,7 +37,7 @@ from app.core.queue import enqueue_chunk, enqueue_quietly
 from app.core.storage import Storage, storage_of
 from app.importers.models import Importer
 from app.importers.schemas import ImporterDefinition
-from app.pipeline import chunks, lifecycle
+from app.pipeline import chunks, frames, lifecycle
 from app.pipeline.mapping import MissingColumns, plan_columns
 from app.pipeline.prepare import definition_salt
 from app.pipeline.readers import ReadError, open_table
@@ -47,6 +51,14 @@ log = logging.getLogger(__name__)
 InputRow = tuple[int, dict[str, Any], str | None]  # row number, original data, read error
 # Rows counted, after a cancel, between two turns of the event loop.
 _COUNT_BATCH = 10_000
+# Chunk sizes where the importer leaves them to the service (no `chunk_size`): a CSV file's
+# byte-range chunks hold about CHUNK_BYTES of rows, at most AUTO_ROWS (a chunk's memory, and
+# how late a cancel is heard); payload chunks (XLSX, JSON, retries) PAYLOAD_ROWS rows.
+CHUNK_BYTES = 4 * 1024 * 1024
+AUTO_ROWS = 50_000
+PAYLOAD_ROWS = 1000
+# Blocks in a row that `_Cuts` cannot take before the rest of the file is read row by row.
+GIVE_UP_AFTER = 3
 
 
 class _SeenExactly:
@@ -181,15 +193,21 @@ class Splitter:
         plan = plan_columns(definition, columns)  # a missing key column fails the run now
         self.columns = columns
         self.key_validator: RowValidator | None = None
+        # The keys of a block of whole CSV rows parsed by polars (`keys_of_frame`); None when
+        # the key's kinds need the per-row way.
+        self.key_frames: frames.FrameValidator | None = None
         self.seen: _SeenExactly | _SeenProbably | None = None
         # Keys are remembered as seeded hashes, the same in every process (unlike `hash`),
         # so that a checkpoint of them holds in the worker that goes on from it.
         self.seed = secrets.randbits(63) if saved is None else saved.seed
         if definition.action != "append":
             key_fields = {name: definition.fields[name] for name in definition.key}
-            self.key_validator = RowValidator(
-                definition.model_copy(update={"fields": key_fields}), plan
-            )
+            keyed = definition.model_copy(update={"fields": key_fields})
+            self.key_validator = RowValidator(keyed, plan)
+            if frames.keys_supported(definition):
+                self.key_frames = frames.FrameValidator(
+                    keyed, plan, self.key_validator, None, shortcut=False
+                )
             exact = definition.on_duplicate in ("skip", "fail")
             state = b"" if saved is None else saved.seen
             self.seen = _SeenExactly(state) if exact else _SeenProbably(state)
@@ -215,6 +233,18 @@ class Splitter:
             return [False] * len(cells)
         readable = [row for row in cells if row is not None]
         return self._mark(cells, self.key_validator.keys_of_lists(readable, self.columns))
+
+    @property
+    def reads_frames(self) -> bool:
+        """Whether `duplicates_of_frame` can mark this run's rows."""
+        return self.key_validator is None or self.key_frames is not None
+
+    def duplicates_of_frame(self, frame: pl.DataFrame) -> list[bool]:
+        """`duplicates` of the rows of a frame of CSV cells (`frames.read`)."""
+        if self.key_validator is None:
+            return [False] * frame.height
+        assert self.key_frames is not None
+        return self._mark([True] * frame.height, self.key_frames.keys(frame))
 
     def _mark(self, rows: list[Any], keys: list[str | None]) -> list[bool]:
         assert self.seen is not None
@@ -348,7 +378,9 @@ async def split_run(
                         _log_resume(run_id, resume_from, saved)
                         if saved is not None:
                             table.seek(saved.at.offset, saved.at.lines)
-                        await _split_ranges(store, definition, splitter, table, checkpoints, saved)
+                        await _split_ranges(
+                            store, definition, splitter, table, path, checkpoints, saved
+                        )
                     else:
                         # Rows parsed from the start (XLSX, JSON): chunks stored are passed over.
                         splitter = Splitter(definition, table.columns)
@@ -446,6 +478,7 @@ async def _reuse_ledger(session: AsyncSession, run: Run, importer: Importer) -> 
         chunks=chunks,
         bytes=run.file_size,
         reused_from=donor,
+        blocks=None,
     )
     log.info("run %s: input identical to run %s's, its %s chunks reused", run.id, donor, chunks)
     return int(chunks)
@@ -483,6 +516,7 @@ class _Store:
         self.index = self.stored = start  # the next chunk's index; the chunks stored
         self.pending: list[dict[str, Any]] = []
         self.flushed_at = 0.0
+        self.blocks = 0  # chunks this attempt cut from blocks (`_Cuts`), not row by row
 
     async def chunk(
         self,
@@ -583,6 +617,7 @@ class _Store:
                     chunks=split.chunks_total,
                     bytes=split.file_size,
                     reused_from=None,
+                    blocks=self.blocks,
                 )
             await lifecycle.maybe_finalize(session, self.run_id, definition)
 
@@ -598,7 +633,7 @@ async def _split(
 ) -> None:
     """Rows into payload chunks. `columns` may grow while rows are read (JSON objects). With
     `checkpoints`, rows come in row-number order, which is what a checkpoint goes on from."""
-    size = definition.chunk_size
+    size = definition.chunk_size or PAYLOAD_ROWS
     batch: list[chunks.RawRow] = []
     total = 0 if saved is None else saved.at.total
     cancelled = False
@@ -631,48 +666,210 @@ async def _split(
     await store.finish(definition, total, columns, cancelled=cancelled)
 
 
+class _Cuts:
+    """Where a CSV file's byte-range chunks end, found without parsing rows in Python: a block
+    of about CHUNK_BYTES is cut after its last line break outside quotes (by the parity of the
+    quotes before it), and polars parses the block (`frames.read`) for its row count and, with
+    `Splitter.duplicates_of_frame`, its repeated keys. The parity tells quotes apart only where
+    every quote belongs to a quoted field as the csv reader sees one (opening a field, closing
+    it, or doubled inside it); a block with any other quote, or one that `frames.read`
+    declines, or with more than `cap` rows, is read the per-row way instead."""
+
+    def __init__(self, raw: BinaryIO, delimiter: str, cap: int) -> None:
+        self.raw, self.cap = raw, cap
+        self.target = CHUNK_BYTES
+        d = re.escape(delimiter.encode())
+        # A quoted field: opened after a delimiter or a line break, closed before one, its
+        # quotes doubled inside. The pattern starts with its quote, which re finds fast.
+        self._quoted = re.compile(
+            b'"(?<=[' + d + b'\\n]")[^"]*(?:""[^"]*)*"(?=[' + d + b"\\r\\n]|$)"
+        )
+
+    def block(self, at: int) -> bytes:
+        """The whole rows from byte `at` on, about `target` bytes of them (b"" at the end)."""
+        self.raw.seek(at)
+        data = self.raw.read(self.target)
+        while len(data) >= self.target:  # not the file's end: cut after a whole row
+            cut = _last_row_end(data)
+            if cut is not None:
+                return data[:cut]
+            more = self.raw.read(self.target)  # a row longer than the block
+            if not more:
+                break
+            data += more
+        return data
+
+    def well_quoted(self, data: bytes) -> bool:
+        return b'"' not in data or b'"' not in self._quoted.sub(b"", b"\n" + data)
+
+    def fit(self, data: bytes, rows: int) -> None:
+        """Size later blocks, by this block's row length, to hold a few more than `cap` rows
+        (a block is cut after its `cap`th row), or CHUNK_BYTES."""
+        if rows:
+            fitting = len(data) * self.cap * 21 // (rows * 20)
+            self.target = max(64 * 1024, min(CHUNK_BYTES, fitting))
+
+
+def _last_row_end(data: bytes) -> int | None:
+    """The offset after the last line break of `data` with an even count of quotes before it
+    (`data` starts where a row does)."""
+    end, odd = len(data), data.count(b'"') & 1
+    while (brk := data.rfind(b"\n", 0, end)) >= 0:
+        odd ^= data.count(b'"', brk, end) & 1
+        if not odd:
+            return brk + 1
+        end = brk
+    return None
+
+
+def _row_end(data: bytes, rows: int) -> int:
+    """The offset after the `rows`th row of `data` (whole rows, quotes as `_Cuts` takes them)."""
+    at = odd = 0
+    for _ in range(rows):
+        while True:
+            brk = data.index(b"\n", at)
+            odd ^= data.count(b'"', at, brk) & 1
+            at = brk + 1
+            if not odd:
+                break
+    return at
+
+
+@dataclass
+class _At:
+    """Where the split of a CSV file stands: the next row's byte offset and number, the rows
+    read, the file's lines before `offset`."""
+
+    offset: int
+    first: int
+    total: int
+    lines: int
+
+
 async def _split_ranges(
     store: _Store,
     definition: ImporterDefinition,
     splitter: Splitter,
     table: CsvTable,
+    path: Path,
     checkpoints: _Checkpoints,
     saved: Checkpoint | None = None,
 ) -> None:
     """A CSV file into byte-range chunks, with the rows of each that repeat a key; from the
-    checkpoint `saved`, where the table was moved to, when there is one."""
-    size, columns, width = definition.chunk_size, table.columns, len(table.columns)
-    start = table.position
-    assert start is not None
-    first, total, end = (1, 0, start) if saved is None else (saved.at.first, saved.at.total, start)
+    checkpoint `saved`, where the table was moved to, when there is one. Blocks that `_Cuts`
+    can take are chunks of their own; the rest are read by the csv reader (`_read_rows`)."""
+    columns = table.columns
+    assert table.position is not None
+    if saved is None:
+        at = _At(table.position, 1, 0, table.lines_read)
+    else:
+        at = _At(table.position, saved.at.first, saved.at.total, saved.at.lines)
+    cap = definition.chunk_size or AUTO_ROWS
+    fast = (
+        cap >= frames.MIN_ROWS
+        and splitter.reads_frames
+        and table.codec == "utf-8"
+        and len(table.delimiter) == 1
+    )
+    cancelled, declined = False, 0  # declined: blocks in a row read the per-row way
+    with path.open("rb") as raw:
+        cuts = _Cuts(raw, table.delimiter, cap)
+        while True:
+            until = None  # the per-row way to the end of the file
+            if fast:
+                data = cuts.block(at.offset)
+                if not data:
+                    break
+                frame = None
+                if cuts.well_quoted(data):
+                    frame = frames.read(data, columns, table.delimiter, table.codec)
+                if frame is not None:
+                    cuts.fit(data, frame.height)
+                    if frame.height > cap:  # the rest is the next block's
+                        data, frame = data[: _row_end(data, cap)], frame.head(cap)
+                    span = (at.offset, at.offset + len(data))
+                    rows = frame.height
+                    lines = at.lines + data.count(b"\n")
+                    at = _At(span[1], at.first + rows, at.total + rows, lines)
+                    if cancelled:
+                        continue  # counted, not stored
+                    flags = splitter.duplicates_of_frame(frame)
+                    first = at.first - rows
+                    repeated = [first + i for i, flag in enumerate(flags) if flag]
+                    cancelled = await store.chunk(
+                        first, rows, at.total, columns, span=span, repeated=repeated
+                    )
+                    store.blocks, declined = store.blocks + 1, 0
+                    if checkpoints.due(store):
+                        await checkpoints.save(
+                            Position(store.index, at.offset, at.first, at.total, at.lines)
+                        )
+                    continue
+                until = at.offset + len(data)
+                declined += 1
+                # A file whose blocks polars keeps declining (a column of 5'10"): row by row.
+                fast = declined < GIVE_UP_AFTER
+            table.seek(at.offset, at.lines)
+            at, cancelled, ended = await _read_rows(
+                store, splitter, table, at, cap, until, checkpoints, cancelled
+            )
+            if ended:
+                break
+    await store.finish(definition, at.total, columns, cancelled=cancelled)
+
+
+async def _read_rows(
+    store: _Store,
+    splitter: Splitter,
+    table: CsvTable,
+    at: _At,
+    cap: int,
+    until: int | None,
+    checkpoints: _Checkpoints,
+    cancelled: bool,
+) -> tuple[_At, bool, bool]:
+    """The csv reader's rows from `at` (where the table stands) into chunks of `cap` rows,
+    up to the first row that ends at `until` or after it (None: the file's end). Once the run
+    is `cancelled`, rows are only counted, and a part that cannot be read ends the count, not
+    the run. Returns where it stopped, whether the run was cancelled, and whether the file
+    ended."""
+    columns, width = table.columns, len(table.columns)
+    start, first, total, end = at.offset, at.first, at.total, at.offset
     keyed: list[list[str] | None] = []  # the chunk's rows (None for a ragged one)
-    cancelled = False
 
     async def store_chunk() -> bool:
         flags = splitter.duplicates_of(keyed)
         repeated = [first + i for i, flag in enumerate(flags) if flag]
-        assert start is not None
         span = (start, end)
         return await store.chunk(first, len(keyed), total, columns, span=span, repeated=repeated)
 
-    rows = table.row_ends()
-    for end, cells in rows:
-        total += 1
-        # A ragged row, or a quote never closed, is an error row when the chunk is applied:
-        # it has no key.
-        keyed.append(cells if cells is not None and len(cells) == width else None)
-        if len(keyed) >= size:
-            cancelled = await store_chunk()
-            first, start, keyed = first + len(keyed), end, []
-            if checkpoints.due(store):
-                await checkpoints.save(Position(store.index, end, first, total, table.lines_read))
+    ended = True
+    try:
+        for end, cells in table.row_ends():
+            total += 1
             if cancelled:
+                if total % _COUNT_BATCH == 0:
+                    await asyncio.sleep(0)  # chunk jobs share the worker
+            else:
+                # A ragged row, or a quote never closed, is an error row when the chunk is
+                # applied: it has no key.
+                keyed.append(cells if cells is not None and len(cells) == width else None)
+                if len(keyed) >= cap:
+                    cancelled = await store_chunk()
+                    first, start, keyed = first + len(keyed), end, []
+                    if checkpoints.due(store):
+                        position = Position(store.index, end, first, total, table.lines_read)
+                        await checkpoints.save(position)
+            if until is not None and end >= until:
+                ended = False
                 break
-    if cancelled:
-        total += await _count_rest(_aiter(rows))
-    elif keyed:
-        await store_chunk()
-    await store.finish(definition, total, columns, cancelled=cancelled)
+    except ReadError:
+        if not cancelled:
+            raise
+    if keyed and not cancelled:
+        cancelled = await store_chunk()
+        first += len(keyed)
+    return _At(end, first, total, table.lines_read), cancelled, ended
 
 
 async def _count_rest(rows: AsyncIterator[Any]) -> int:

@@ -8,7 +8,8 @@ once the transaction commits.
 |---|---|
 | created | kind, importer, dry_run, parent_run_id |
 | split_started | attempt, worker, resumed_from (chunks an earlier attempt stored) |
-| split_finished | rows, chunks, bytes (the input's size, null without a file), reused_from |
+| split_finished | rows, chunks, bytes (the input's size, null without a file), reused_from, |
+|   | blocks (chunks of this attempt cut from a CSV file's bytes without reading rows) |
 | chunk_applied | index, status (done / failed), rows (by outcome, and failed), duration_ms, |
 |   | attempt, worker (both null when applied without a claim) |
 | chunk_retried | index, attempt, reason |

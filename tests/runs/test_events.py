@@ -87,6 +87,7 @@ async def test_a_run_through_a_worker_logs_each_step_once_in_order(
         "chunks": 6,
         "bytes": len(content.encode()),
         "reused_from": None,
+        "blocks": 0,  # chunks of 10 rows are read row by row
     }
     applied = of_type(events, "chunk_applied")
     assert sorted(chunk["index"] for chunk in applied) == list(range(6))

@@ -215,11 +215,12 @@ async def test_a_run_survives_a_flushed_redis_and_then_a_killed_worker(
     await assert_applied_exactly_once(session_factory, run_id)
 
 
-def repeating_csv() -> str:
-    """400 rows: 300 keys, then 100 rows repeating the first 100 of them (each other)."""
+def repeating_csv(scale: int = 1) -> str:
+    """400 rows (times `scale`): 300 keys, then 100 rows repeating the first 100 of them."""
+    keys, again = 300 * scale, 100 * scale
     lines = ["Email,Name,Age"]
-    lines += [f"user{i}@example.com,User {i},{i % 100}" for i in range(300)]
-    lines += [f"user{i}@example.com,Again {i},{i % 100}" for i in range(100)]
+    lines += [f"user{i}@example.com,User {i},{i % 100}" for i in range(keys)]
+    lines += [f"user{i}@example.com,Again {i},{i % 100}" for i in range(again)]
     return "\n".join(lines) + "\n"
 
 
@@ -264,17 +265,23 @@ async def kill_the_splitter_midway(
     return index, rows_read
 
 
-async def assert_split_once(factory: Factory, run_id: int, rows: int) -> None:
-    """Each row logged once, in chunks that hold each row once."""
+async def assert_split_once(factory: Factory, run_id: int, rows: int, chunks: int = 40) -> int:
+    """Each row logged once, in `chunks` chunks (0: any number) that hold each row once;
+    returns the chunks' count."""
     logged = [row["row_number"] for row in await row_log(factory, run_id)]
     assert sorted(logged) == list(range(1, rows + 1))
     chunk_rows = await fetch(
         factory, "SELECT count(*), sum(row_count) FROM run_chunks WHERE run_id = :id", id=run_id
     )
-    assert chunk_rows[0] == (40, rows)
+    count, total = chunk_rows[0]
+    assert total == rows and count == (chunks or count)
+    return int(count)
 
 
+# Chunks of 10 rows are found by the csv reader; chunks of 2500 are cut from blocks of bytes.
+@pytest.mark.parametrize("scale", [1, 250], ids=["rows", "blocks"])
 async def test_a_split_killed_midway_goes_on_from_its_last_checkpoint_on_another_worker(
+    scale: int,
     create_importer: CreateImporter,
     upload: Upload,
     settings: Settings,
@@ -283,22 +290,42 @@ async def test_a_split_killed_midway_goes_on_from_its_last_checkpoint_on_another
 ) -> None:
     """The successor neither reads the file from its start nor forgets the keys met before
     the kill: the repeated rows are still skipped, each row is logged once."""
-    await create_importer(key=["email"], fields=USER_FIELDS, chunk_size=10, on_duplicate="skip")
-    run_id = (await upload("users", repeating_csv())).json()["data"]["id"]
+    size, rows = 10 * scale, 400 * scale
+    await create_importer(key=["email"], fields=USER_FIELDS, chunk_size=size, on_duplicate="skip")
+    run_id = (await upload("users", repeating_csv(scale))).json()["data"]["id"]
 
     index, rows_read = await kill_the_splitter_midway(
         settings, session_factory, run_id, tmp_path / "worker.log"
     )
-    assert rows_read == 10 * index
+    before = await fetch(
+        session_factory,
+        "SELECT sum(row_count) FROM run_chunks WHERE run_id = :id AND index < :index",
+        id=run_id,
+        index=index,
+    )
+    # Chunks cut from blocks hold at most `chunk_size` rows, not always as many.
+    assert rows_read == before[0][0] and rows_read <= size * index
 
     run = await run_of(session_factory, run_id)
     assert run["status"] == "completed", run
     progress = run["progress"]
-    assert progress["total"] == progress["processed"] == 400
-    assert (progress["successful"], progress["skipped"], progress["failed"]) == (300, 100, 0)
-    await assert_split_once(session_factory, run_id, 400)
+    assert progress["total"] == progress["processed"] == rows
+    skipped = 100 * scale
+    assert (progress["successful"], progress["skipped"], progress["failed"]) == (
+        rows - skipped,
+        skipped,
+        0,
+    )
+    stored = await assert_split_once(session_factory, run_id, rows, 40 if scale == 1 else 0)
+    finished = await fetch(
+        session_factory,
+        "SELECT data FROM run_events WHERE run_id = :id AND type = 'split_finished'",
+        id=run_id,
+    )
+    # The successor cut the chunks it stored from blocks, or read them row by row.
+    assert finished[0][0]["blocks"] == (0 if scale == 1 else stored - index)
     stored_records = await records(session_factory, "users")
-    assert len(stored_records) == 300
+    assert len(stored_records) == rows - skipped
     assert stored_records["user5@example.com"]["name"] == "User 5"  # the first row of the key
 
 
