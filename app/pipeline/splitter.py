@@ -673,7 +673,8 @@ class _Cuts:
     `Splitter.duplicates_of_frame`, its repeated keys. The parity tells quotes apart only where
     every quote belongs to a quoted field as the csv reader sees one (opening a field, closing
     it, or doubled inside it); a block with any other quote, or one that `frames.read`
-    declines, or with more than `cap` rows, is read the per-row way instead."""
+    declines, is read the per-row way instead. A block of more than `cap` rows is cut after
+    its `cap`th, and later blocks are sized to hold about `cap` rows."""
 
     def __init__(self, raw: BinaryIO, delimiter: str, cap: int) -> None:
         self.raw, self.cap = raw, cap
