@@ -27,10 +27,13 @@ class Fetched:
     filename: str
 
 
-async def check_url(url: str, allow_private: bool) -> None:
+async def check_url(url: str, allow_private: bool, *, deliver: bool = False) -> None:
+    """Refuse (FetchError) a URL that is not http(s), or whose host resolves to an address
+    that is not global unless `allow_private`: a URL to fetch, or (`deliver`) to deliver to."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise FetchError(f"Only http and https URLs can be fetched: {mask_url(url)}")
+        can = "receive deliveries" if deliver else "be fetched"
+        raise FetchError(f"Only http and https URLs can {can}: {mask_url(url)}")
     if allow_private:
         return
     try:
@@ -44,8 +47,9 @@ async def check_url(url: str, allow_private: bool) -> None:
     for info in infos:
         address = ipaddress.ip_address(info[4][0])
         if not address.is_global:
+            verb = "deliver to" if deliver else "fetch"
             raise FetchError(
-                f"Refusing to fetch {parts.hostname}: it resolves to a private or loopback "
+                f"Refusing to {verb} {parts.hostname}: it resolves to a private or loopback "
                 f"address ({address}). Set INGEST_ALLOW_PRIVATE_URLS=true to allow it."
             )
 

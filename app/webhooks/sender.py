@@ -171,7 +171,7 @@ async def attempt(client: httpx.AsyncClient, delivery: Claimed, settings: Settin
 
 
 async def _post(client: httpx.AsyncClient, delivery: Claimed, settings: Settings) -> Outcome:
-    await check_url(delivery.url, settings.allow_private_urls)
+    await check_url(delivery.url, settings.allow_private_urls, deliver=True)
     headers = {
         **signing.headers(delivery.secrets, delivery.message_id, int(time.time()), delivery.body),
         "content-type": "application/json",

@@ -59,7 +59,7 @@ async def get(
 async def check_target(url: str, settings: Settings) -> None:
     """The SSRF rule of URL sources (app.pipeline.fetch), as a field error."""
     try:
-        await check_url(url, settings.allow_private_urls)
+        await check_url(url, settings.allow_private_urls, deliver=True)
     except FetchError as exc:
         raise _invalid("url", str(exc)) from exc
     except (OSError, UnicodeError, ValueError) as exc:  # a host name DNS cannot take

@@ -84,7 +84,13 @@ async def test_a_private_url_is_refused_without_the_setting(
                 body = {"url": url, "events": ["run.completed"]}
                 response = await client.post(f"{PREFIX}/webhooks", json=body, headers=admin_headers)
                 assert response.status_code == 422, response.text
-                assert "INGEST_ALLOW_PRIVATE_URLS" in response.json()["errors"]["url"][0]
+                message = response.json()["errors"]["url"][0]
+                assert message.startswith("Refusing to deliver to "), message
+                assert "INGEST_ALLOW_PRIVATE_URLS" in message
+            ftp = {"url": "ftp://127.0.0.1/hook", "events": ["run.completed"]}
+            response = await client.post(f"{PREFIX}/webhooks", json=ftp, headers=admin_headers)
+            assert response.status_code == 422, response.text
+            assert "http" in response.json()["errors"]["url"][0]
             listed = await client.get(f"{PREFIX}/webhooks", headers=admin_headers)
             assert listed.json()["meta"]["total"] == 0
 
