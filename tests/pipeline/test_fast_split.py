@@ -236,3 +236,25 @@ async def test_a_file_with_quotes_inside_unquoted_fields_is_split_row_by_row_and
     assert len(await ledger(session_factory, run_id)) == finished["chunks"]
     records = await stored(session_factory, "heights")
     assert records["u13@example.com"]["data"]["height"] == "5'1\""
+
+
+async def test_blank_lines_ending_a_file_leave_its_last_block_to_the_cuts(
+    monkeypatch: pytest.MonkeyPatch,
+    create_importer: CreateImporter,
+    upload: Upload,
+    run_worker: RunWorker,
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    monkeypatch.setattr(splitter, "CHUNK_BYTES", BLOCK)
+    await create_importer(slug="auto", key=["email"], fields=FIELDS)
+    content = users_csv(5) + "\n\r\n\n"
+    response = await upload("auto", content)
+    assert response.status_code == 202, response.text
+    run_id = response.json()["data"]["id"]
+    await run_worker()
+    run = await run_of(session_factory, run_id)
+    assert run["progress"]["total"] == len(list(csv.DictReader(io.StringIO(content, newline=""))))
+    finished = await split_finished(client, admin_headers, run_id)
+    assert finished["blocks"] == finished["chunks"] == len(await ledger(session_factory, run_id))
