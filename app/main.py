@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import __version__
+from app.console import install_console
 from app.core import metrics
 from app.core.config import Settings, get_settings
 from app.core.db import create_engine, create_session_factory
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics.router)
     for router in api_routers():
         app.include_router(router, prefix=settings.api_prefix)
+    install_console(app)  # after the error handlers: its pages render the console's errors
     return app
 
 

@@ -1,7 +1,8 @@
-"""Authentication of bearer tokens and the per-route ability check."""
+"""Authentication of bearer tokens (or of the console's session cookie) and the per-route
+ability check."""
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from fastapi import Depends, Request
@@ -9,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth import sessions
 from app.auth.models import Token, User
 from app.auth.permissions import effective_abilities
 from app.core.db import unit_of_work
@@ -29,6 +31,9 @@ class Principal:
     abilities: frozenset[str]
     # A token bound to one source sees only that source's data.
     source_id: int | None = None
+    # Set when the request came with the console's session cookie instead of a bearer token.
+    console_session_id: int | None = None
+    csrf_secret: str | None = field(default=None, repr=False)
 
     def can(self, ability: str) -> bool:
         return ability in self.abilities
@@ -52,6 +57,29 @@ async def authenticate(session: AsyncSession, raw_token: str | None) -> Principa
     if row is None:
         raise Unauthenticated()
     token, role = row
+    return await _principal_of(session, token, role)
+
+
+async def authenticate_session(session: AsyncSession, raw_session: str | None) -> Principal:
+    """The principal behind a console session cookie: the session must be live *and* its token
+    still valid (a revoked or expired token ends every session opened with it)."""
+    found = await sessions.find(session, raw_session)
+    if found is None:
+        raise Unauthenticated()
+    console_session, token, role = found
+    principal = await _principal_of(session, token, role)
+    return Principal(
+        user_id=principal.user_id,
+        token_id=principal.token_id,
+        role=principal.role,
+        abilities=principal.abilities,
+        source_id=principal.source_id,
+        console_session_id=console_session.id,
+        csrf_secret=console_session.csrf_secret,
+    )
+
+
+async def _principal_of(session: AsyncSession, token: Token, role: str) -> Principal:
     now = datetime.now(UTC)
     if token.revoked_at is not None or (token.expires_at is not None and token.expires_at <= now):
         raise Unauthenticated()
@@ -82,6 +110,17 @@ async def current_principal(
     request: Request,
     credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
 ) -> Principal:
+    if "authorization" not in request.headers and sessions.COOKIE in request.cookies:
+        # The console's cookie, only when no Authorization header is sent: a bearer wins.
+        async with unit_of_work(request.app.state.session_factory) as session:
+            principal = await authenticate_session(session, request.cookies[sessions.COOKIE])
+        # A browser sends the cookie with any request a page makes it send: a state change
+        # must also prove it comes from a console page, which alone knows the secret.
+        if request.method not in sessions.SAFE_METHODS:
+            assert principal.csrf_secret is not None
+            sessions.check_csrf(principal.csrf_secret, await sessions.presented_csrf(request))
+        request.state.principal = principal
+        return principal
     raw_token = credentials.credentials if credentials else None
     if not raw_token or not is_well_formed(raw_token):
         raise Unauthenticated()

@@ -1,6 +1,6 @@
 from datetime import datetime
 
-from sqlalchemy import ARRAY, ForeignKey, String, Text, text
+from sqlalchemy import ARRAY, BigInteger, ForeignKey, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.core.db import Base, TimestampMixin
@@ -35,3 +35,19 @@ class Token(Base):
     created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
 
     user: Mapped[User] = relationship(lazy="raise")
+
+
+class ConsoleSession(Base):
+    """A signed-in browser (the console's cookie), bound to the token it signed in with."""
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    # SHA-256 hex of the cookie's value; the value itself is never stored.
+    session_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("tokens.id", ondelete="CASCADE"), index=True)
+    # What every state-changing request of this session must carry (form field or header).
+    csrf_secret: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]

@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     importers_dir: Path | None = None
     queue_name: str = "ingest:queue"
 
+    # A console sign-in lasts this long at most (and never beyond its token's expiry).
+    console_session_hours: float = Field(12.0, gt=0)
+
     max_upload_mb: int = Field(512, ge=1)
     max_show_rows: int = Field(100, ge=0)
     max_push_items: int = Field(1000, ge=1)

@@ -98,8 +98,8 @@ def install_docs(app: FastAPI) -> None:
         return FileResponse(logo_file, media_type="image/svg+xml")
 
     async def home(request: Request) -> RedirectResponse:
-        """The service's root opens the API docs."""
-        return RedirectResponse(f"{root(request)}{DOCS_URL}")
+        """The service's root opens the web console (which links to the API docs)."""
+        return RedirectResponse(f"{root(request)}/console")
 
     for path, page in (
         ("/", home),

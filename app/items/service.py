@@ -25,7 +25,9 @@ from app.items.staging import prepare, refresh_markers
 from app.pipeline.chunks import ChunkRow
 from app.pipeline.mapping import MissingColumns, plan_columns
 from app.pipeline.validation import RowValidator
-from app.records.store import Table, Write, content_hash
+from app.records.store import Table, Write, columns_of, content_hash, selected
+from app.records.store import to_resource as records_resource
+from app.records.tables import table_name
 from app.sources.models import Source
 from app.sources.urls import same_source_url
 from app.webhooks import outbox
@@ -145,10 +147,15 @@ def list_query(
     run_id: int | None = None,
     external_id: str | None = None,
     has_duplicates: bool | None = None,
+    search: str | None = None,
     sort: str = "id",
     order: str = "desc",
 ) -> Select[tuple[Item]]:
     stmt = visible(select(Item), scope_source_id)
+    if search:
+        # Title or key containing the text, case-insensitively (LIKE's wildcards taken literally).
+        pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        stmt = stmt.where(Item.title.ilike(pattern) | Item.key.ilike(pattern))
     for column, value in (
         (Item.status, status),
         (Item.type, type_),
@@ -165,6 +172,47 @@ def list_query(
     if order == "asc":
         return stmt.order_by(by.asc(), Item.id.asc())
     return stmt.order_by(by.desc(), Item.id.desc())
+
+
+async def status_counts(session: AsyncSession, scope_source_id: int | None) -> dict[str, int]:
+    """How many items this principal sees in each status."""
+    stmt = select(Item.status, func.count()).group_by(Item.status)
+    if scope_source_id is not None:
+        stmt = stmt.where(Item.source_id == scope_source_id)
+    return {status: count for status, count in (await session.execute(stmt)).all()}
+
+
+async def matches(
+    session: AsyncSession, item: Item, scope_source_id: int | None
+) -> list[dict[str, Any]]:
+    """The item's duplicate markers, each with what it matched (the record of the item's
+    collection, or the other item) when this principal may see it, else ``None``."""
+    found: list[dict[str, Any]] = []
+    conn = None
+    columns: dict[str, str] | None = None
+    for marker in item.duplicates:
+        matched: dict[str, Any] | None = None
+        if marker.get("match") == "item":
+            other = await session.scalar(
+                visible(select(Item).where(Item.id == marker.get("id")), scope_source_id)
+            )
+            if other is not None:
+                matched = to_resource(other)
+        elif marker.get("match") == "record":
+            if conn is None:
+                conn = await raw_connection(session)
+                columns = await columns_of(conn, item.collection)
+            if columns is not None:
+                row = await conn.fetchrow(
+                    f"SELECT {selected(columns)} FROM {table_name(item.collection)} "
+                    "WHERE _id = $1 AND ($2::int IS NULL OR _source_id = $2::int)",
+                    marker.get("id"),
+                    scope_source_id,
+                )
+                if row is not None:
+                    matched = records_resource(item.collection, columns, row)
+        found.append({**marker, "matched": matched})
+    return found
 
 
 async def get(session: AsyncSession, item_id: int, *, scope_source_id: int | None = None) -> Item:

@@ -584,8 +584,12 @@ def prune(
     if days < 0:
         raise fail(f"--days must be 0 or more, not {days}")
 
+    from app.auth import sessions  # console sign-ins end too; imported here: the API's stack
+
     async def work(ctx: Context) -> dict[str, int]:
         totals = {"runs": 0, "rows": 0, "chunks": 0, "events": 0, "files": 0, "bytes": 0}
+        async with unit_of_work(ctx.factory) as session:
+            totals["sessions"] = await sessions.prune(session, days)
         while True:
             async with unit_of_work(ctx.factory) as session:
                 batch = await service.prunable_runs(session, days)
@@ -607,6 +611,10 @@ def prune(
                         totals["bytes"] += removed
 
     totals = in_database(work)
+    if totals["sessions"]:
+        typer.echo(
+            f"removed {totals['sessions']} console session(s) that ended more than {days} days ago"
+        )
     if not totals["runs"]:
         typer.echo(
             f"nothing to prune: no run finished more than {days} days ago holds row logs or files"

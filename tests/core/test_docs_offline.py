@@ -115,10 +115,10 @@ async def test_docs_routes_stay_out_of_the_schema(client: httpx.AsyncClient) -> 
     assert not [p for p in paths if p.startswith(("/docs", "/redoc"))]
 
 
-async def test_the_service_root_opens_the_docs(client: httpx.AsyncClient) -> None:
+async def test_the_service_root_opens_the_console(client: httpx.AsyncClient) -> None:
     response = await client.get("/")
     assert response.status_code == 307
-    assert response.headers["location"] == "/docs"
+    assert response.headers["location"] == "/console"
     assert "/" not in (await client.get("/openapi.json")).json()["paths"]
 
 

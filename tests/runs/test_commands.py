@@ -3,18 +3,22 @@ database and Redis behind it) and real workers; ``ingest prune`` straight on the
 
 import asyncio
 import zipfile
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from arq import ArqRedis
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from typer.testing import Result
 
+from app.auth import sessions
 from app.core.config import Settings, get_settings
+from app.core.db import unit_of_work
 from app.runs import commands
 from tests.cli.harness import api_env, api_server  # noqa: F401  (fixtures)
-from tests.conftest import CreateImporter, RunWorker
+from tests.conftest import CreateImporter, MakeToken, RunWorker
 from tests.runs.conftest import (
     CLEAN_CSV,
     DEFECT_ROWS,
@@ -482,6 +486,29 @@ async def test_prune_removes_row_logs_chunks_and_files_of_old_runs_only(
 
     again = await ingest("prune", "--days", "30")
     assert again.stdout.strip().startswith("nothing to prune")
+
+
+@pytest.mark.usefixtures("prune_env")
+async def test_prune_removes_console_sessions_that_ended_long_ago(
+    make_token: MakeToken, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    await make_token()
+    async with unit_of_work(session_factory) as session:
+        newest = text("SELECT max(id) FROM tokens")
+        (token_id,) = (await session.execute(newest)).one()
+        for _ in range(4):
+            await sessions.start(session, token_id, None, timedelta(hours=12))
+    await sql(  # one revoked and one expired 40 days ago, one revoked today, one live
+        session_factory,
+        "UPDATE console_sessions SET revoked_at = CASE id WHEN 1 THEN :old WHEN 3 THEN now() END, "
+        "expires_at = CASE id WHEN 2 THEN :old ELSE expires_at END",
+        old=days_ago(40),
+    )
+    result = await ingest("prune", "--days", "30")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("removed 2 console session(s) that ended more than 30 days")
+    left = await sql(session_factory, "SELECT id FROM console_sessions ORDER BY id")
+    assert [session_id for (session_id,) in left] == [3, 4]
 
 
 @pytest.mark.usefixtures("users_importer", "prune_env")
