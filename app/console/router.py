@@ -92,7 +92,7 @@ ReviewerDep = Annotated[Viewer, viewer_with(REVIEW)]
 CreatorDep = Annotated[Viewer, viewer_with(CREATE)]
 
 
-def _local(target: str | None, default: str) -> str:
+def local_target(target: str | None, default: str) -> str:
     """A redirect target from a form, only if it is a console path (no open redirect)."""
     if not target:
         return default
@@ -289,7 +289,7 @@ async def bulk(request: Request, session: SessionDep, viewer: ReviewerDep) -> Re
             results.append({"id": item_id, "ok": True, "message": NOTICES[action]})
         except IngestError as exc:
             results.append({"id": item_id, "ok": False, "message": exc.message})
-    back = _local(str(form.get("next") or ""), f"{PREFIX}/items")
+    back = local_target(str(form.get("next") or ""), f"{PREFIX}/items")
     context = {"viewer": viewer, "results": results, "action": action, "back": back}
     return render(request, "bulk.html", context)
 
@@ -350,7 +350,7 @@ async def _item_page(
         "error_errors": error.errors if error else None,
         "failed_action": failed_action,
         "notice": None if error else notice,
-        "back": _local(request.query_params.get("back"), f"{PREFIX}/items"),
+        "back": local_target(request.query_params.get("back"), f"{PREFIX}/items"),
     }
     return render(request, "item.html", context, error.status_code if error else 200)
 
@@ -397,7 +397,7 @@ async def item_action(
     except IngestError as exc:
         return await _item_page(request, session, viewer, item_id, error=exc, failed_action=action)
     target = f"{PREFIX}/items/{item_id}?done={action}"
-    return RedirectResponse(_local(form.get("next"), target), status_code=303)
+    return RedirectResponse(local_target(form.get("next"), target), status_code=303)
 
 
 # --- runs ----------------------------------------------------------------------------------
