@@ -150,7 +150,7 @@ def dev(
         _wait_until_ready(f"http://{DEV_HOST}:{port}/readyz", children)
 
         url = f"http://{DEV_HOST}:{port}"
-        typer.secho(f"\nIngest is up: {url}/docs", fg=typer.colors.GREEN)
+        typer.secho(f"\nIngest is up: {url}/console (API docs: {url}/docs)", fg=typer.colors.GREEN)
         typer.echo(f"dev admin token: {token}")
         _write_dev_profile(url, token)
         typer.echo(f"try: curl -H 'Authorization: Bearer {token}' {url}/api/v1/ingest/importers")

@@ -374,6 +374,9 @@ async def test_the_main_pages_pass_an_automated_accessibility_check(
     """axe-core (shipped inside the axe-playwright-python package, injected offline)."""
     axe_module = pytest.importorskip("axe_playwright_python.async_playwright")
     await pushed_items(client, push_importer, run_worker, admin_headers, n=2)
+    body = {"name": "Agenda", "source_url": "https://agenda.example.test/feed"}
+    source = await client.post("/api/v1/ingest/sources", json=body, headers=admin_headers)
+    assert source.status_code == 201, source.text
     page = await context.new_page()
     await page.goto(f"{live_url}/console/sign-in")
     pages = ["/console/sign-in"]
@@ -387,6 +390,8 @@ async def test_the_main_pages_pass_an_automated_accessibility_check(
         "/console/admin/sources",
         "/console/admin/tokens",
         "/console/admin/importers",
+        "/console/admin/importers/event",
+        f"/console/admin/sources/{source.json()['data']['id']}",
     ]
     axe = axe_module.Axe()
     # The check itself finds what it should: a page without a language or an image's text.
@@ -398,6 +403,8 @@ async def test_the_main_pages_pass_an_automated_accessibility_check(
     for path in pages:
         if path != "/console/sign-in":
             await page.goto(f"{live_url}{path}")
+        if "/admin/importers/" in path or "/admin/sources/" in path:
+            await shot(page, "admin-importer" if "importers" in path else "admin-source")
         results = await axe.run(page)
         if results.violations_count:
             found[path] = results.generate_report()
