@@ -303,13 +303,10 @@ _KEY_KINDS = frozenset(("string", "email", "url", "integer", "boolean", "date"))
 
 def supports(definition: ImporterDefinition, columns: dict[str, str]) -> bool:
     """Whether the frame path can apply this definition's chunks to a table of field
-    `columns`: each field in a column of its own type, keys of plain kinds, and no
-    `update_if_newer` (its comparison is per row)."""
-    return (
-        definition.on_duplicate != "update_if_newer"
-        and all(columns.get(name) == NATURAL[spec.type] for name, spec in definition.fields.items())
-        and keys_supported(definition)
-    )
+    `columns`: each field in a column of its own type, and keys of plain kinds."""
+    return all(
+        columns.get(name) == NATURAL[spec.type] for name, spec in definition.fields.items()
+    ) and keys_supported(definition)
 
 
 def keys_supported(definition: ImporterDefinition) -> bool:

@@ -38,7 +38,7 @@ from app.pipeline.ranges import Fetched, fetch_range, parse_range, read_range
 from app.pipeline.readers import ReadError
 from app.records.store import NUL, Batch, Known, Table, Write, Writes, canonical, nul_errors
 from app.runs import events
-from app.runs.rowlog import CODES, OWN_ENTRY, encode
+from app.runs.rowlog import CODES, OUTCOMES, OWN_ENTRY, encode
 
 FOREIGN_RECORD = (
     "The record '{key}' belongs to another source: a run of source {source} cannot change it."
@@ -502,12 +502,10 @@ def _columnar(
     definition: ImporterDefinition, run: asyncpg.Record, chunk: asyncpg.Record, table: Table
 ) -> bool:
     """Whether the chunk goes the columnar way (app.pipeline.frames): a byte range of a CSV
-    input of `frames.MIN_ROWS` rows or more, applied for real into records of no source,
-    into a table whose columns are the fields' own."""
+    input of `frames.MIN_ROWS` rows or more, not staged, into a table whose columns are the
+    fields' own."""
     return (
         chunk["row_count"] >= frames.MIN_ROWS
-        and not run["dry_run"]
-        and run["source_id"] is None
         and definition.approval != "manual"
         and run["approval_mode"] != "manual"
         and frames.supports(definition, table.columns)
@@ -524,7 +522,7 @@ async def _plan_frame(
     chunk: asyncpg.Record,
 ) -> Plan | None:
     """The plan of a chunk read and validated as columns; None when its rows must go the
-    per-row way (polars declines the bytes, or a key repeats within the chunk)."""
+    per-row way (polars declines the bytes)."""
     columns = run["columns"]
     frame = frames.read(fetched.data, columns, fetched.part.delimiter, fetched.part.codec)
     if frame is None or frame.height != chunk["row_count"]:
@@ -534,6 +532,7 @@ async def _plan_frame(
         return None
     validated = validator.validate(frame)
     keys = validated.keys
+    foreign: dict[str, str] = {}
     if definition.action == "append":
         first = chunk["first_row"]
         keys = [
@@ -541,7 +540,17 @@ async def _plan_frame(
         ]
         existing: dict[str, Known] = {}
     else:
-        existing = await table.known(conn, list({key for key in keys if key is not None}))
+        wanted = list({key for key in keys if key is not None})
+        existing = await table.known(conn, wanted, definition.compare_field)
+        # A run for a source changes only that source's records.
+        source_id = run["source_id"]
+        if source_id is not None:
+            foreign = {
+                key: FOREIGN_RECORD.format(key=key, source=source_id)
+                for key, known in existing.items()
+                if known.source_id != source_id
+            }
+    dry_run = run["dry_run"]
     return plan_frame(
         validated,
         keys,
@@ -550,9 +559,11 @@ async def _plan_frame(
         existing,
         run_id=run_id,
         first_row=chunk["first_row"],
-        log_all=definition.log_rows == "all",
+        log_all=definition.log_rows == "all" or dry_run,
         columns=columns,
         duplicates=frozenset(chunk["duplicate_rows"] or ()),
+        foreign=foreign,
+        report=dry_run,
     )
 
 
@@ -568,35 +579,47 @@ def plan_frame(
     log_all: bool,
     columns: Sequence[str],
     duplicates: frozenset[int] = frozenset(),
+    foreign: Mapping[str, str] | None = None,
+    report: bool = False,
 ) -> Plan:
-    """`plan_chunk` of a validated frame applied for real into records of no source, not
-    staged: rows in row order, `duplicates` the row numbers whose key an earlier chunk's row
-    had."""
+    """`plan_chunk` of a validated frame, not staged: rows in row order, `duplicates` the row
+    numbers whose key an earlier chunk's row had, rows whose key is in `foreign` failed with
+    its message. `report` (a dry run's): every row gets a row log entry of its own."""
     plan = Plan(columnar=True)
+    foreign = foreign or {}
     strategy = definition.on_duplicate
     duplicate_message = _json(
         {"message": f"Duplicate entry found for key '{', '.join(definition.key)}'."}
     )
     touch = definition.action == "replace"
     errors, hashes = validated.errors, validated.hashes
+    # Under update_if_newer: each row's compare value, as its column holds it.
+    newer = None
+    if strategy == "update_if_newer" and definition.compare_field:
+        newer = validated.values[list(definition.fields).index(definition.compare_field)]
     codes: list[str] = []
-    failed: list[tuple[int, str | None, str]] = []  # row, key, errors (JSON)
-    # The content hash each key has as the rows before have left it (None: no record), and
-    # the last row that writes each key: rows apply one by one, as in `plan_chunk`.
-    current: dict[str, str | None] = {}
+    failed: dict[int, str] = {}  # row -> its errors (JSON)
+    # The content hash and compare value each key has as the rows before have left it (None:
+    # no record), and the last row that writes each key: rows apply one by one, as in
+    # `plan_chunk`.
+    current: dict[str, tuple[str, Any] | None] = {}
     writer: dict[str, int] = {}
     created: set[str] = set()
     counts = plan.counts
     for i, key in enumerate(keys):
         if key is None:
-            failed.append((i, None, _json({"message": INVALID, "validation": errors[i]})))
+            failed[i] = _json({"message": INVALID, "validation": errors[i]})
+            codes.append(OWN_ENTRY)
+            continue
+        if key in foreign:
+            failed[i] = _json({"message": foreign[key]})
             codes.append(OWN_ENTRY)
             continue
         if key in current:
             known = current[key]
         else:
             record = existing.get(key)
-            known = current[key] = None if record is None else record.hash
+            known = current[key] = None if record is None else (record.hash, record.compare)
         # An earlier chunk's row had the key: skip and fail decide on that alone.
         repeated = first_row + i in duplicates
         if known is None and not (repeated and strategy in ("skip", "fail")):
@@ -605,20 +628,22 @@ def plan_frame(
         elif strategy == "skip":
             outcome = "skipped"
         elif strategy == "fail":
-            failed.append((i, key, duplicate_message))
+            failed[i] = duplicate_message
             codes.append(OWN_ENTRY)
             continue
-        elif known == hashes[i]:
+        elif known is not None and known[0] == hashes[i]:
             outcome = "unchanged"
             if repeated:
                 # Written all the same, so that the record is this row's: an earlier row,
                 # in a chunk applied later, cannot overwrite it (plan_chunk says more).
                 writer[key] = i
+        elif newer is not None and known is not None and not _is_newer(newer[i], known[1]):
+            outcome = "skipped"
         else:
             outcome = "updated"
         if outcome in ("created", "updated"):
             writer[key] = i
-            current[key] = hashes[i]
+            current[key] = (hashes[i], None if newer is None else newer[i])  # type: ignore[assignment]
         counts[outcome] += 1
         codes.append(CODES[outcome])
         if touch and outcome in ("unchanged", "skipped"):
@@ -626,22 +651,21 @@ def plan_frame(
     plan.skipped = counts["skipped"]
     plan.failed = len(failed)
     plan.successful = len(keys) - plan.failed - plan.skipped
-    if log_all and plan.failed < len(keys):  # rows that all failed have entries, no codes
-        plan.outcomes = "".join(codes)
-    if failed:
-        originals = frame[[i for i, _, _ in failed]].rows()
-        plan.log = [
-            (
-                run_id,
-                first_row + i,
-                "failed",
-                None,
-                key if key is None or "\x00" not in key else None,
-                _json(dict(zip(columns, original, strict=True))),
-                message,
-            )
-            for (i, key, message), original in zip(failed, originals, strict=True)
-        ]
+    if log_all and not report and plan.failed < len(keys):
+        plan.outcomes = "".join(codes)  # rows that all failed have entries, no codes
+    originals = dict(zip(failed, frame[list(failed)].rows(), strict=True)) if failed else {}
+    for i in range(len(keys)) if report else failed:
+        key = keys[i]
+        status: str
+        logged: str | None
+        data: str | None = None
+        if i in failed:
+            status, logged = "failed", None
+            data = _json(dict(zip(columns, originals[i], strict=True)))
+        else:
+            logged = OUTCOMES[codes[i]]
+            status = "skipped" if logged == "skipped" else "success"
+        plan.log.append((run_id, first_row + i, status, logged, key, data, failed.get(i)))
     written = sorted(writer.values())
     if written:
         new = [n for n, i in enumerate(written) if keys[i] in created]

@@ -21,7 +21,7 @@ from app.core.params import INT4_MAX
 # Outcome -> its code in `run_chunks.outcomes`.
 CODES = {"created": "c", "updated": "u", "unchanged": "n", "staged": "t", "skipped": "s"}
 OWN_ENTRY = "-"
-_OUTCOMES = {code: outcome for outcome, code in CODES.items()}
+OUTCOMES = {code: outcome for outcome, code in CODES.items()}
 # The codes of each status filter (None: every status).
 _STATUS_CODES = {None: "cunts", "success": "cunt", "skipped": "s", "failed": ""}
 
@@ -49,7 +49,7 @@ def _coded(row_number: int, code: str) -> dict[str, Any]:
         "id": None,
         "row_number": row_number,
         "status": "skipped" if code == "s" else "success",
-        "outcome": _OUTCOMES[code],
+        "outcome": OUTCOMES[code],
         "data": None,
         "errors": None,
     }

@@ -111,6 +111,54 @@ async def failed_rows(
     return download.text, summary.json()["data"]
 
 
+async def assert_runs_match(
+    contents: list[str],
+    upload: Upload,
+    run_worker: RunWorker,
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    session_factory: async_sessionmaker[AsyncSession],
+    *,
+    timed: bool,
+    dry_run: bool = False,
+) -> int:
+    """Upload each content to the importers `columnar` and `per-row` and compare the runs;
+    `timed`: the outcomes of rows whose key another row has depend on commit order. Returns
+    the last columnar run's id."""
+    runs: list[int] = []
+    for content in contents:
+        runs = []
+        for slug in ("columnar", "per-row"):
+            response = await upload(slug, content, dry_run=dry_run)
+            assert response.status_code == 202, response.text
+            runs.append(response.json()["data"]["id"])
+        await run_worker()
+        # Every chunk of the columnar run but its short last one went columnar; none other.
+        assert await applied_columnar(client, headers, runs[0]) == [True, True, False]
+        assert not any(await applied_columnar(client, headers, runs[1]))
+        columnar, per_row = [await run_of(session_factory, run) for run in runs]
+        assert columnar["status"] == per_row["status"]
+        assert columnar["progress"] == per_row["progress"]
+        assert columnar["progress"]["failed"] > 0
+        # Under `update` a key of rows in two chunks is created by whichever chunk commits
+        # first and updated by the other (the later row's data wins either way): those rows'
+        # outcomes, and so the split of the summary between them, depend on timing.
+        repeated = repeated_rows(content) if timed else set()
+        assert settled(columnar["summary"], repeated) == settled(per_row["summary"], repeated)
+
+        columnar_rows, per_row_rows = [await row_log(session_factory, run) for run in runs]
+        assert [shown(row, repeated) for row in columnar_rows] == [
+            shown(row, repeated) for row in per_row_rows
+        ]
+        assert await failed_rows(client, headers, runs[0]) == await failed_rows(
+            client, headers, runs[1]
+        )
+        assert comparable_records(await stored(session_factory, "columnar")) == comparable_records(
+            await stored(session_factory, "per_row")
+        )
+    return runs[0]
+
+
 @pytest.mark.parametrize("on_duplicate", ["update", "skip", "fail"])
 @pytest.mark.parametrize("log_rows", ["all", "failed"])
 async def test_columnar_chunks_answer_as_chunks_applied_per_row(
@@ -131,34 +179,119 @@ async def test_columnar_chunks_answer_as_chunks_applied_per_row(
     }
     await create_importer(slug="columnar", chunk_size=frames.MIN_ROWS, **common)
     await create_importer(slug="per-row", chunk_size=frames.MIN_ROWS - 1, **common)
+    contents = [users_csv(1), users_csv(1), users_csv(1, changed=True)]
+    await assert_runs_match(
+        contents,
+        upload,
+        run_worker,
+        client,
+        admin_headers,
+        session_factory,
+        timed=on_duplicate == "update",
+    )
 
-    for content in (users_csv(1), users_csv(1), users_csv(1, changed=True)):
-        runs = []
-        for slug in ("columnar", "per-row"):
-            response = await upload(slug, content)
-            assert response.status_code == 202, response.text
-            runs.append(response.json()["data"]["id"])
-        await run_worker()
-        # Every chunk of the columnar run but its short last one went columnar; none other.
-        assert await applied_columnar(client, admin_headers, runs[0]) == [True, True, False]
-        assert not any(await applied_columnar(client, admin_headers, runs[1]))
-        columnar, per_row = [await run_of(session_factory, run) for run in runs]
-        assert columnar["status"] == per_row["status"]
-        assert columnar["progress"] == per_row["progress"]
-        assert columnar["progress"]["failed"] > 0
-        # Under `update` a key of rows in two chunks is created by whichever chunk commits
-        # first and updated by the other (the later row's data wins either way): those rows'
-        # outcomes, and so the split of the summary between them, depend on timing.
-        repeated = repeated_rows(content) if on_duplicate == "update" else set()
-        assert settled(columnar["summary"], repeated) == settled(per_row["summary"], repeated)
 
-        columnar_rows, per_row_rows = [await row_log(session_factory, run) for run in runs]
-        assert [shown(row, repeated) for row in columnar_rows] == [
-            shown(row, repeated) for row in per_row_rows
-        ]
-        assert await failed_rows(client, admin_headers, runs[0]) == await failed_rows(
-            client, admin_headers, runs[1]
-        )
-        assert comparable_records(await stored(session_factory, "columnar")) == comparable_records(
-            await stored(session_factory, "per_row")
-        )
+async def test_columnar_dry_runs_answer_as_dry_runs_applied_per_row(
+    create_importer: CreateImporter,
+    upload: Upload,
+    run_worker: RunWorker,
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    """A dry run logs every row and writes nothing; its later chunks see no record of the
+    earlier ones'."""
+    common = {"key": ["email"], "fields": FIELDS, "log_rows": "failed"}
+    await create_importer(slug="columnar", chunk_size=frames.MIN_ROWS, **common)
+    await create_importer(slug="per-row", chunk_size=frames.MIN_ROWS - 1, **common)
+    # Records for the dry run to compare with: the first rows, imported for real.
+    first = "\n".join(users_csv(1).splitlines()[: frames.MIN_ROWS // 2]) + "\n"
+    for slug in ("columnar", "per-row"):
+        assert (await upload(slug, first)).status_code == 202
+    await run_worker()
+    await assert_runs_match(
+        [users_csv(1, changed=True)],
+        upload,
+        run_worker,
+        client,
+        admin_headers,
+        session_factory,
+        timed=False,
+        dry_run=True,
+    )
+
+
+def unique_keys(content: str) -> str:
+    """The content with row n's key `user<n>@example.com`: no key in two rows (rows of one
+    key in two chunks that commit concurrently leave update_if_newer's outcome to their
+    order), the same keys in every such content."""
+    rows = list(csv.reader(io.StringIO(content, newline="")))
+    out = io.StringIO(newline="")
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(rows[0])
+    for n, row in enumerate(rows[1:]):
+        writer.writerow([f"user{n}@example.com", *row[1:]])
+    return out.getvalue()
+
+
+async def test_columnar_runs_of_a_source_answer_as_per_row(
+    create_importer: CreateImporter,
+    upload: Upload,
+    run_worker: RunWorker,
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    """A source's run fails the rows whose record a run of no source wrote."""
+    response = await client.post(
+        f"{API}/sources",
+        json={"name": "feed", "source_url": "https://feed.example.test/feed"},
+        headers=admin_headers,
+    )
+    assert response.status_code == 201, response.text
+    source = response.json()["data"]["id"]
+    common = {"key": ["email"], "fields": FIELDS}
+    # Records of no source, in both collections: the source's runs may not change them.
+    first = "\n".join(users_csv(2).splitlines()[: frames.MIN_ROWS // 3]) + "\n"
+    for collection in ("columnar", "per_row"):
+        slug = f"seed-{collection.replace('_', '-')}"
+        await create_importer(slug=slug, collection=collection, **common)
+        assert (await upload(slug, first)).status_code == 202
+    await run_worker()
+    await create_importer(slug="columnar", chunk_size=frames.MIN_ROWS, source_id=source, **common)
+    await create_importer(
+        slug="per-row", chunk_size=frames.MIN_ROWS - 1, source_id=source, **common
+    )
+    contents = [users_csv(1), users_csv(1, changed=True)]
+    last = await assert_runs_match(
+        contents, upload, run_worker, client, admin_headers, session_factory, timed=True
+    )
+    _, summary = await failed_rows(client, admin_headers, last)
+    foreign = [e for e in summary["error_summary"] if "belongs to another source" in e["message"]]
+    assert foreign, summary
+
+
+async def test_columnar_update_if_newer_answers_as_per_row(
+    create_importer: CreateImporter,
+    upload: Upload,
+    run_worker: RunWorker,
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    """update_if_newer skips the rows whose age is not past their record's."""
+    common = {
+        "key": ["email"],
+        "fields": FIELDS,
+        "on_duplicate": "update_if_newer",
+        "compare_field": "age",
+        "log_rows": "all",
+    }
+    await create_importer(slug="columnar", chunk_size=frames.MIN_ROWS, **common)
+    await create_importer(slug="per-row", chunk_size=frames.MIN_ROWS - 1, **common)
+    contents = [unique_keys(users_csv(seed)) for seed in (3, 4, 5)]
+    last = await assert_runs_match(
+        contents, upload, run_worker, client, admin_headers, session_factory, timed=False
+    )
+    run = await run_of(session_factory, last)
+    assert run["summary"]["skipped"] > 0 and run["summary"]["updated"] > 0, run["summary"]
