@@ -21,8 +21,10 @@ is read the per-row way.
 import hashlib
 import io
 import re
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import orjson
@@ -126,16 +128,57 @@ def _whole_rows(data: bytes, delimiter: str, rows: int, width: int) -> bool:
 
 
 @dataclass
-class Validated:
-    """A validated frame: per field (in definition order) each row's value as its column
-    holds it (None in failed rows), and per row its key, content hash and input hash (None
-    in failed rows), and the messages of the failed ones (by row index)."""
+class Column:
+    """A validated field's values as its column holds them: polars' where it decided the
+    cell, `patches` (row -> value) where Python did (None in failed rows); a constant field
+    has one value for every row."""
 
-    values: list[list[Any]]
+    series: pl.Series | None
+    patches: dict[int, Any] = field(default_factory=dict)
+    constant: Any = None
+    _whole: list[Any] | None = None  # every row's, once taken (not to be changed)
+
+    def take(self, rows: Sequence[int]) -> list[Any]:
+        """The values of rows at the given indexes, in ascending order (all of them as
+        `range(height)`)."""
+        if self.series is None:
+            return [self.constant] * len(rows)
+        whole = isinstance(rows, range) and rows == range(len(self.series))
+        if whole and self._whole is not None:
+            return self._whole
+        values = (self.series if whole else self.series.gather(list(rows))).to_list()
+        if whole:
+            self._whole = values
+        if self.patches:
+            if whole:
+                for i, value in self.patches.items():
+                    values[i] = value
+            else:
+                for i, value in self.patches.items():
+                    n = bisect_left(rows, i)
+                    if n < len(rows) and rows[n] == i:
+                        values[n] = value
+        return values
+
+
+@dataclass
+class Validated:
+    """A validated frame: per field (in definition order) its column of values, and per row
+    its key, content hash and input hash (None in failed rows), and the messages of the
+    failed ones (by row index). Values and input hashes are taken when asked, as only the
+    rows a chunk writes need them (an unchanged re-upload writes none)."""
+
+    columns: list[Column]
     keys: list[str | None]
     hashes: list[str | None]
-    input_hashes: list[str | None]
+    # The input hashes of the rows at the given indexes.
+    input_hashes_of: Callable[[Sequence[int]], list[str | None]]
     errors: dict[int, dict[str, list[str]]] = field(default_factory=dict)
+
+    def values_of(self, rows: Sequence[int]) -> list[list[Any]]:
+        """Per field, the values of rows at the given indexes, in ascending order (None in
+        failed rows)."""
+        return [column.take(rows) for column in self.columns]
 
 
 def _as_column(kind: str, value: Any) -> Any:
@@ -383,7 +426,7 @@ class FrameValidator:
                     else:
                         column[i] = _as_column(f.kind, result)
             values.append(column)
-        keys = self._keys(values, height)
+        keys = self._keys(values.__getitem__, height)
         for i in failed:
             keys[i] = None
         return keys
@@ -414,15 +457,16 @@ class FrameValidator:
                 strict=True,
             )
         )
-        values: list[list[Any]] = []
+        columns: list[Column] = []
         jsons: list[pl.Series] = []
         failed: dict[int, dict[str, list[str]]] = {}
         for position, f in enumerate(self.fields):
             if f.constant:
-                values.append([f.constant_value] * height)
+                columns.append(Column(None, constant=f.constant_value))
                 jsons.append(pl.repeat(f.constant_json, height, eager=True, dtype=pl.String))
                 continue
-            column = computed.get_column(f"{position}v").to_list()
+            series = computed.get_column(f"{position}v")
+            column = Column(series)
             json = computed.get_column(f"{position}j")
             patched: dict[int, str] = {}  # row -> its value's JSON, where polars has none
             odd_rows = rows_of[f"{position}o"]
@@ -433,22 +477,27 @@ class FrameValidator:
                     result = f.convert(cell)
                     if type(result) is Failed:
                         failed.setdefault(i, {})[f.name] = list(result.messages)
-                        column[i] = None
+                        column.patches[i] = None
                     else:
-                        column[i] = _as_column(f.kind, result)
+                        column.patches[i] = _as_column(f.kind, result)
                         patched[i] = _json(result)
             unwritten = [i for i in rows_of[f"{position}j"] if i not in patched and i not in failed]
+            # (Polars decided their values: no patch of Python's is among them.)
+            plain = series.gather(unwritten).to_list() if unwritten else []
             if unwritten and f.kind == "number":
                 # orjson's shortest text of the decimals, in one call for the column.
-                text = orjson.dumps([column[i] for i in unwritten]).decode()[1:-1]
+                text = orjson.dumps(plain).decode()[1:-1]
                 patched.update(zip(unwritten, text.split(","), strict=True))
             elif unwritten:  # text that JSON escapes
-                patched.update((i, _json(self._data_value(f, column[i]))) for i in unwritten)
+                patched.update(
+                    (i, _json(self._data_value(f, value)))
+                    for i, value in zip(unwritten, plain, strict=True)
+                )
             if patched:
                 json = json.scatter(list(patched), list(patched.values()))
-            values.append(column)
+            columns.append(column)
             jsons.append(json)
-        return self._finish(frame, values, jsons, failed)
+        return self._finish(frame, columns, jsons, failed)
 
     @staticmethod
     def _data_value(f: _Field, value: Any) -> Any:
@@ -460,7 +509,7 @@ class FrameValidator:
     def _finish(
         self,
         frame: pl.DataFrame,
-        values: list[list[Any]],
+        columns: list[Column],
         jsons: list[pl.Series],
         failed: dict[int, dict[str, list[str]]],
     ) -> Validated:
@@ -484,40 +533,44 @@ class FrameValidator:
         hashes: list[str | None] = [
             None if text is None else md5(text.encode()).hexdigest() for text in rows
         ]
-        keys = self._keys(values, height)
+        every = range(height)
+        keys = self._keys(lambda position: columns[position].take(every), height)
         for i in errors:
             hashes[i] = keys[i] = None
         if hashes.count(None) != len(errors):
             raise RuntimeError("A valid row of a frame has no JSON: a field's expression is wrong.")
-        return Validated(values, keys, hashes, self._input_hashes(frame), errors)
+        return Validated(columns, keys, hashes, partial(self._input_hashes, frame), errors)
 
-    def _keys(self, values: list[list[Any]], height: int) -> list[str | None]:
+    def _keys(self, values: Callable[[int], list[Any]], height: int) -> list[str | None]:
+        """Each row's key, from the values of the fields at the given positions."""
         if not self.key:
             return [None] * height
         order = {f.name: n for n, f in enumerate(self.fields)}
         positions = [order[name] for name in self.key]
         if len(positions) == 1:
-            return [None if v is None else _key_text(v) for v in values[positions[0]]]
+            return [None if v is None else _key_text(v) for v in values(positions[0])]
         return [
             "|".join(map(_key_text, cells))
-            for cells in zip(*(values[p] for p in positions), strict=True)
+            for cells in zip(*(values(p) for p in positions), strict=True)
         ]
 
-    def _input_hashes(self, frame: pl.DataFrame) -> list[str | None]:
-        """The rows' input hashes (app.pipeline.prepare): MD5 of the salt and the mapped
-        cells joined; None without the shortcut, or for a row with a cell holding the
-        separator."""
-        if self._salted is None:
-            return [None] * frame.height
+    def _input_hashes(self, frame: pl.DataFrame, rows: Sequence[int]) -> list[str | None]:
+        """The input hashes (app.pipeline.prepare) of the frame's `rows`: MD5 of the salt and
+        the mapped cells joined; None without the shortcut, or for a row with a cell holding
+        the separator."""
+        if self._salted is None or not rows:
+            return [None] * len(rows)
         if not self._sources:
-            texts: list[str | None] = [""] * frame.height
+            texts: list[str | None] = [""] * len(rows)
         else:
             joined = frame.select(
                 pl.when(pl.any_horizontal(col(self._sources).str.contains("\x1f", literal=True)))
                 .then(None)
                 .otherwise(pl.concat_str(self._sources, separator="\x1f"))
-            )
-            texts = joined.to_series().to_list()
+            ).to_series()
+            if len(rows) != frame.height:
+                joined = joined.gather(list(rows))
+            texts = joined.to_list()
         salted = self._salted
         hashes: list[str | None] = []
         for text in texts:

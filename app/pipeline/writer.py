@@ -596,7 +596,8 @@ def plan_frame(
     # Under update_if_newer: each row's compare value, as its column holds it.
     newer = None
     if strategy == "update_if_newer" and definition.compare_field:
-        newer = validated.values[list(definition.fields).index(definition.compare_field)]
+        position = list(definition.fields).index(definition.compare_field)
+        newer = validated.columns[position].take(range(len(keys)))
     codes: list[str] = []
     failed: dict[int, str] = {}  # row -> its errors (JSON)
     # The content hash and compare value each key has as the rows before have left it (None:
@@ -666,15 +667,17 @@ def plan_frame(
             logged = OUTCOMES[codes[i]]
             status = "skipped" if logged == "skipped" else "success"
         plan.log.append((run_id, first_row + i, status, logged, key, data, failed.get(i)))
-    written = sorted(writer.values())
+    written: Sequence[int] = sorted(writer.values())
+    if len(written) == len(keys):
+        written = range(len(keys))  # every row: the columns whole
     if written:
         new = [n for n, i in enumerate(written) if keys[i] in created]
         batch = Batch(
             [keys[i] for i in written],  # type: ignore[misc]
             [hashes[i] for i in written],  # type: ignore[misc]
-            [validated.input_hashes[i] for i in written],
+            validated.input_hashes_of(written),
             [first_row + i for i in written],
-            [[column[i] for i in written] for column in validated.values],
+            validated.values_of(written),
         )
         plan.batch = (batch, new)
     return plan

@@ -71,6 +71,12 @@ def test_a_frame_validates_as_the_reference_validates_its_rows(
     raws = [(n, [row[c] for c in columns], None, False) for n, row in enumerate(rows, 2)]
     input_hashes = validator.hashes(raws)
     keyed = all(definition.fields[name].type in frames._KEY_KINDS for name in definition.key)
+    given = validated.input_hashes_of(range(len(rows)))
+    every_value = validated.values_of(range(len(rows)))
+    # Some of the rows, as the same rows of the whole.
+    picked = list(range(len(rows)))[1::2]
+    assert validated.input_hashes_of(picked) == given[1::2]
+    assert [shown(v) for v in validated.values_of(picked)] == [shown(v[1::2]) for v in every_value]
     for i, row in enumerate(rows):
         wanted, errors, key = reference_validate(definition, columns, row)
         if errors:
@@ -81,7 +87,7 @@ def test_a_frame_validates_as_the_reference_validates_its_rows(
         assert wanted is not None
         assert i not in validated.errors, row
         assert validated.hashes[i] == content_hash(wanted), row
-        for (name, spec), values in zip(definition.fields.items(), validated.values, strict=True):
+        for (name, spec), values in zip(definition.fields.items(), every_value, strict=True):
             expected = wanted[name]
             if expected is not None:
                 expected = column_value(frames.NATURAL[spec.type], expected)
@@ -89,7 +95,7 @@ def test_a_frame_validates_as_the_reference_validates_its_rows(
         if keyed:
             assert validated.keys[i] == key, row
         hashed = input_hashes[i]
-        assert validated.input_hashes[i] == (None if hashed is None else hashed[1]), row
+        assert given[i] == (None if hashed is None else hashed[1]), row
 
 
 # Text that CSV quoting has to get right: quotes, separators, line breaks, spaces, Unicode.
