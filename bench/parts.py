@@ -44,7 +44,7 @@ def python_steps(path: Path) -> tuple[list[tuple[str, float]], list[Any], list[A
     from app.pipeline.prepare import ChunkValidator
     from app.pipeline.readers.csv_reader import CsvSlice, open_csv, parse_slice
     from app.pipeline.splitter import Splitter
-    from app.pipeline.writer import plan_chunk, plan_frame
+    from app.pipeline.writer import plan_chunk, plan_frame, unchanged_rows
     from app.records.store import Known, canonical
 
     importer = ImporterDefinition.model_validate(definition("parts", "all", 1000))
@@ -123,20 +123,27 @@ def python_steps(path: Path) -> tuple[list[tuple[str, float]], list[Any], list[A
         assert checker is not None
         parsed = [frames.read(content[b:e], columns, layout[1], layout[0]) for b, e in ranges]
         known: list[dict[str, Known]] = [{} for _ in ranges]
-        if again:
+        if again:  # the records as the first upload wrote them, with its input hashes
             for there, frame in zip(known, parsed, strict=True):
                 assert frame is not None
                 done = checker.validate(frame)
-                for key, digest in zip(done.keys, done.hashes, strict=True):
+                inputs = done.input_hashes_of(range(frame.height))
+                for key, digest, hashed in zip(done.keys, done.hashes, inputs, strict=True):
                     if key is not None and digest is not None:
-                        there[key] = Known(digest, None, None)
+                        there[key] = Known(digest, None, hashed)
 
         def run() -> None:
             for n, ((begin, end), existing) in enumerate(zip(ranges, known, strict=True)):
                 frame = frames.read(content[begin:end], columns, layout[1], layout[0])
                 assert frame is not None
-                validated = checker.validate(frame)
                 first = 1 + n * size
+                # As app.pipeline.writer: rows whose input hash their record holds are not
+                # validated.
+                cells = checker.key_cells(frame)
+                assert cells is not None
+                inputs = checker.input_hashes(frame)
+                unchanged = unchanged_rows(cells, inputs, existing, frozenset(), first)
+                validated = checker.validate_except(frame, unchanged, inputs)
                 plan_frame(
                     validated,
                     validated.keys,

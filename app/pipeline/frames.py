@@ -22,8 +22,8 @@ import hashlib
 import io
 import re
 from bisect import bisect_left
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -161,6 +161,22 @@ class Column:
         return values
 
 
+class _Spread(Column):
+    """The column of some rows of a frame (`at`: frame row -> row of `inner`) as a column of
+    the whole frame: None in the other rows."""
+
+    def __init__(self, inner: Column, at: dict[int, int]) -> None:
+        super().__init__(None)
+        self.inner, self.at = inner, at
+
+    def take(self, rows: Sequence[int]) -> list[Any]:
+        mapped = [self.at.get(i) for i in rows]
+        present = [n for n in mapped if n is not None]
+        whole = len(present) == len(self.at)
+        values = iter(self.inner.take(range(len(present)) if whole else present))
+        return [None if n is None else next(values) for n in mapped]
+
+
 @dataclass
 class Validated:
     """A validated frame: per field (in definition order) its column of values, and per row
@@ -174,6 +190,8 @@ class Validated:
     # The input hashes of the rows at the given indexes.
     input_hashes_of: Callable[[Sequence[int]], list[str | None]]
     errors: dict[int, dict[str, list[str]]] = field(default_factory=dict)
+    # Rows known unchanged by their input hash, which were not validated (`validate_except`).
+    unvalidated: int = 0
 
     def values_of(self, rows: Sequence[int]) -> list[list[Any]]:
         """Per field, the values of rows at the given indexes, in ascending order (None in
@@ -357,6 +375,25 @@ def keys_supported(definition: ImporterDefinition) -> bool:
     return all(definition.fields[name].type in _KEY_KINDS for name in definition.key)
 
 
+# Key fields whose valid key text is their cell as it stands, when no transform applies.
+# (Email and url values lose outer spaces: a cell that has some finds no record by its
+# cells, and gets its key computed.)
+_CELL_KEY_KINDS = ("string", "email", "url")
+
+
+def key_sources(definition: ImporterDefinition, sources: dict[str, str | None]) -> list[str] | None:
+    """The columns whose cells, joined as a record key is, are a valid key's text (key fields
+    of text kinds without transforms, each with its column); None where they need not be."""
+    if definition.action == "append":
+        return None
+    specs = [definition.fields[name] for name in definition.key]
+    if any(spec.type not in _CELL_KEY_KINDS or spec.transform for spec in specs):
+        return None
+    columns = [sources.get(name) for name in definition.key]
+    present = [column for column in columns if column is not None]
+    return present if len(present) == len(columns) else None
+
+
 class FrameValidator:
     """Validates frames of one run (one definition and header): build once, call per frame."""
 
@@ -386,6 +423,7 @@ class FrameValidator:
         )
         self._sources = [source for source in plan.sources.values() if source is not None]
         self._salted = salted if shortcut else None
+        self._key_sources = key_sources(definition, plan.sources) if shortcut else None
         self._exprs = [
             expr.alias(f"{position}{expr.meta.output_name()}")
             for position, f in enumerate(self.fields)
@@ -430,6 +468,62 @@ class FrameValidator:
         for i in failed:
             keys[i] = None
         return keys
+
+    def key_cells(self, frame: pl.DataFrame) -> list[str] | None:
+        """Each row's key cells joined as a record key is, where a record found by them that
+        has the row's input hash is the row's own (app.pipeline.prepare); None where the
+        shortcut does not apply to this run."""
+        sources = self._key_sources
+        if sources is None:
+            return None
+        if len(sources) == 1:
+            return frame.get_column(sources[0]).to_list()
+        return frame.select(pl.concat_str(sources, separator="|")).to_series().to_list()
+
+    def input_hashes(self, frame: pl.DataFrame) -> list[str | None]:
+        """Every row's input hash (app.pipeline.prepare)."""
+        return self._input_hashes(frame, range(frame.height))
+
+    def validate_except(
+        self,
+        frame: pl.DataFrame,
+        unchanged: Mapping[int, tuple[str, str]],
+        input_hashes: list[str | None],
+    ) -> Validated:
+        """`validate`, but for the rows known `unchanged` by their input hash (row index ->
+        its record's key and content hash), which are not validated: they have no values.
+        Such a row must be its key's only one: where a validated row has the key of one, every
+        row is validated."""
+        if not unchanged:
+            validated = self.validate(frame)
+            return replace(validated, input_hashes_of=lambda rows: [input_hashes[i] for i in rows])
+        rest = [i for i in range(frame.height) if i not in unchanged]
+        part = self.validate(frame[rest]) if rest else None
+        keys: list[str | None] = [None] * frame.height
+        hashes: list[str | None] = [None] * frame.height
+        for i, (key, digest) in unchanged.items():
+            keys[i], hashes[i] = key, digest
+        errors: dict[int, dict[str, list[str]]] = {}
+        columns: list[Column] = []
+        if part is None:
+            columns = [Column(None) for _ in self.fields]
+        else:
+            taken = {key for key, _ in unchanged.values()}
+            if not taken.isdisjoint(part.keys):
+                return self.validate_except(frame, {}, input_hashes)
+            for n, i in enumerate(rest):
+                keys[i], hashes[i] = part.keys[n], part.hashes[n]
+            errors = {rest[n]: messages for n, messages in part.errors.items()}
+            at = {i: n for n, i in enumerate(rest)}
+            columns = [_Spread(column, at) for column in part.columns]
+        return Validated(
+            columns,
+            keys,
+            hashes,
+            lambda rows: [input_hashes[i] for i in rows],
+            errors,
+            len(unchanged),
+        )
 
     def validate(self, frame: pl.DataFrame) -> Validated:
         height = frame.height

@@ -28,7 +28,7 @@ import orjson
 
 from app.importers.schemas import ImporterDefinition
 from app.pipeline.chunks import ChunkRow, Original, RawRow, original_dict
-from app.pipeline.frames import FrameValidator
+from app.pipeline.frames import FrameValidator, key_sources
 from app.pipeline.mapping import ColumnPlan, plan_columns
 from app.pipeline.validation import RowResult, RowValidator
 from app.records.store import Known
@@ -52,25 +52,15 @@ def definition_salt(definition: ImporterDefinition) -> bytes:
     return hashlib.md5(orjson.dumps(dump, option=orjson.OPT_SORT_KEYS)).digest()
 
 
-# Types whose valid value is the cell as given. (Email and url values lose outer spaces: a
-# cell that has some finds no record by its cells, and gets its key computed.)
-_CELL_TYPES = ("string", "email", "url")
-
-
 def _key_cells(
     definition: ImporterDefinition, sources: dict[str, str | None], at: dict[str, Any]
 ) -> Callable[[Any], str] | None:
     """The row's key cells joined as a record key is, when a valid key's text is its cells;
     `at` maps a column to where a row holds its cell (its name, or its position)."""
-    if definition.action == "append":
+    columns = key_sources(definition, sources)
+    if columns is None:
         return None
-    columns = [sources.get(name) for name in definition.key]
-    specs = [definition.fields[name] for name in definition.key]
-    if any(spec.type not in _CELL_TYPES or spec.transform for spec in specs):
-        return None
-    present = [at[column] for column in columns if column is not None]
-    if len(present) < len(columns):
-        return None
+    present = [at[column] for column in columns]
     if len(present) == 1:
         return operator.itemgetter(present[0])
     cells = operator.itemgetter(*present)

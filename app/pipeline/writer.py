@@ -9,6 +9,7 @@ a byte range of the run's input file: other rows are read back from that file wh
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -71,8 +72,10 @@ class Plan:
     # outcomes string of its rows (app.runs.rowlog).
     batch: tuple[Batch, list[int]] | None = None
     outcomes: str | None = None
-    # Planned from columns (app.pipeline.frames): its chunk_applied event says so.
+    # Planned from columns (app.pipeline.frames): its chunk_applied event says so, and how
+    # many rows its input hashes showed unchanged, which were not validated.
     columnar: bool = False
+    unvalidated: int = 0
     successful: int = 0
     failed: int = 0
     skipped: int = 0
@@ -202,6 +205,7 @@ def plan_chunk(
                 )
             )
     if unchanged:
+        plan.unvalidated = len(unchanged)
         plan.successful += len(unchanged)
         plan.counts["unchanged"] += len(unchanged)
         if touch_unchanged:
@@ -266,6 +270,7 @@ class Applying:
                 "attempt": self.claim and self.claim.attempt,
                 "worker": self.claim and self.claim.worker_id,
                 "columnar": plan.columnar,
+                "unvalidated": plan.unvalidated,
             }
         )
 
@@ -530,41 +535,85 @@ async def _plan_frame(
     validator = _validator(definition, run_id, columns).frames
     if validator is None:
         return None
-    validated = validator.validate(frame)
-    keys = validated.keys
+    first, compare, source_id = chunk["first_row"], definition.compare_field, run["source_id"]
+    duplicates = frozenset(chunk["duplicate_rows"] or ())
     foreign: dict[str, str] = {}
+    existing: dict[str, Known] = {}
+    cells = validator.key_cells(frame)
     if definition.action == "append":
-        first = chunk["first_row"]
-        keys = [
-            None if i in validated.errors else f"{run_id}:{first + i}" for i in range(len(keys))
+        validated = validator.validate(frame)
+        keys: Sequence[str | None] = [
+            None if i in validated.errors else f"{run_id}:{first + i}" for i in range(frame.height)
         ]
-        existing: dict[str, Known] = {}
-    else:
+    elif cells is None:
+        validated = validator.validate(frame)
+        keys = validated.keys
         wanted = list({key for key in keys if key is not None})
-        existing = await table.known(conn, wanted, definition.compare_field)
-        # A run for a source changes only that source's records.
-        source_id = run["source_id"]
-        if source_id is not None:
-            foreign = {
-                key: FOREIGN_RECORD.format(key=key, source=source_id)
-                for key, known in existing.items()
-                if known.source_id != source_id
-            }
+        existing = await table.known(conn, wanted, compare)
+    else:
+        # Records first by the rows' key cells: rows whose input wrote their record are
+        # unchanged without being validated (prepare.py); then by the other rows' keys.
+        looked_up = set(cells)
+        existing = await table.known(conn, list(looked_up), compare)
+        own = existing
+        if source_id is not None:  # another source's records are never taken as unchanged
+            own = {key: known for key, known in existing.items() if known.source_id == source_id}
+        inputs = validator.input_hashes(frame)
+        unchanged = unchanged_rows(cells, inputs, own, duplicates, first)
+        validated = validator.validate_except(frame, unchanged, inputs)
+        keys = validated.keys
+        rest = {key for key in keys if key is not None} - looked_up
+        existing.update(await table.known(conn, list(rest), compare))
+    # A run for a source changes only that source's records.
+    if source_id is not None:
+        foreign = {
+            key: FOREIGN_RECORD.format(key=key, source=source_id)
+            for key, known in existing.items()
+            if known.source_id != source_id
+        }
     dry_run = run["dry_run"]
-    return plan_frame(
+    plan = plan_frame(
         validated,
         keys,
         frame,
         definition,
         existing,
         run_id=run_id,
-        first_row=chunk["first_row"],
+        first_row=first,
         log_all=definition.log_rows == "all" or dry_run,
         columns=columns,
-        duplicates=frozenset(chunk["duplicate_rows"] or ()),
+        duplicates=duplicates,
         foreign=foreign,
         report=dry_run,
     )
+    plan.unvalidated = validated.unvalidated
+    return plan
+
+
+def unchanged_rows(
+    cells: Sequence[str],
+    input_hashes: Sequence[str | None],
+    own: Mapping[str, Known],
+    duplicates: frozenset[int],
+    first_row: int,
+) -> dict[int, tuple[str, str]]:
+    """The rows of a frame whose key cells name one of the run's `own` records that holds
+    the row's input hash (row index -> the record's key and content hash): unchanged without
+    validation, where their key is theirs alone in the chunk and no earlier chunk's row had
+    it (prepare.py)."""
+    once = Counter(cells)
+    found: dict[int, tuple[str, str]] = {}
+    for i, (key, digest) in enumerate(zip(cells, input_hashes, strict=True)):
+        record = own.get(key)
+        if (
+            record is not None
+            and digest is not None
+            and record.input_hash == digest
+            and once[key] == 1
+            and first_row + i not in duplicates
+        ):
+            found[i] = (key, record.hash)
+    return found
 
 
 def plan_frame(

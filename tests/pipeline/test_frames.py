@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.importers.schemas import ImporterDefinition
 from app.pipeline import frames
 from app.pipeline.prepare import ChunkValidator
 from app.pipeline.readers.csv_reader import CsvSlice, parse_slice
@@ -77,6 +78,30 @@ def test_a_frame_validates_as_the_reference_validates_its_rows(
     picked = list(range(len(rows)))[1::2]
     assert validated.input_hashes_of(picked) == given[1::2]
     assert [shown(v) for v in validated.values_of(picked)] == [shown(v[1::2]) for v in every_value]
+    # Rows given as unchanged (every third valid one) are not validated; the others are as
+    # in the whole, and so are the keys and hashes given.
+    unchanged = {
+        i: (key, digest)
+        for i, (key, digest) in enumerate(zip(validated.keys, validated.hashes, strict=True))
+        if key is not None and digest is not None and i % 3 == 0
+    }
+    partly = checker.validate_except(frame, unchanged, given)
+    assert (partly.keys, partly.hashes, partly.errors) == (
+        validated.keys,
+        validated.hashes,
+        validated.errors,
+    )
+    rest = [i for i in range(len(rows)) if i not in unchanged]
+    assert [shown(v) for v in partly.values_of(rest)] == [
+        shown([v[i] for i in rest]) for v in every_value
+    ]
+    assert partly.input_hashes_of(rest) == [given[i] for i in rest]
+    # Key cells, where the shortcut takes them, are the per-row path's.
+    cells = checker.key_cells(frame)
+    if cells is not None:
+        assert len(cells) == len(rows)
+        for cell, hashed in zip(cells, input_hashes, strict=True):
+            assert hashed is None or cell == hashed[0]
     for i, row in enumerate(rows):
         wanted, errors, key = reference_validate(definition, columns, row)
         if errors:
@@ -156,3 +181,33 @@ def test_a_frame_declines_what_the_csv_reader_reads_its_own_way() -> None:
         assert frames.read(data, columns, ",", "utf-8") is None, data
     assert frames.read(b"1,2\n", columns, ",", "cp1252") is None
     assert frames.read(b"1,2\r\n3,4\r\n", columns, ",", "utf-8") is not None
+
+
+def test_rows_given_as_unchanged_share_their_key_with_no_validated_row() -> None:
+    """A row whose key is computed (an email's outer spaces go) may share the key of a row
+    given as unchanged: then every row is validated, as the per-row path would."""
+    definition = ImporterDefinition.model_validate(
+        {
+            "slug": "people",
+            "collection": "people",
+            "key": ["email"],
+            "fields": {"email": {"type": "email"}, "name": {"type": "string"}},
+        }
+    )
+    checker = ChunkValidator(definition, ["email", "name"]).frames
+    assert checker is not None
+    frame = pl.DataFrame({"email": ["a@example.com", " a@example.com ", "b@example.com"]})
+    frame = frame.with_columns(name=pl.lit("Ada"))
+    whole = checker.validate(frame)
+    inputs = checker.input_hashes(frame)
+    assert checker.key_cells(frame) == frame.get_column("email").to_list()
+    given = {0: ("a@example.com", whole.hashes[0]), 2: ("b@example.com", whole.hashes[2])}
+    again = checker.validate_except(frame, given, inputs)
+    assert again.unvalidated == 0
+    assert (again.keys, again.hashes) == (whole.keys, whole.hashes)
+    assert again.values_of(range(3)) == whole.values_of(range(3))
+    alone = checker.validate_except(frame, {2: given[2]}, inputs)
+    assert alone.unvalidated == 1
+    assert (alone.keys, alone.hashes) == (whole.keys, whole.hashes)
+    assert alone.values_of([0, 1]) == [column[:2] for column in whole.values_of(range(3))]
+    assert alone.values_of(range(3))[1][2] is None  # an unvalidated row has no values
