@@ -9,6 +9,7 @@ a byte range of the run's input file: other rows are read back from that file wh
 
 import asyncio
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -467,15 +468,16 @@ async def _apply(
     table = await Table.load(conn, definition.collection, definition.fields)
     plan, fetched = None, None
     if in_file and _columnar(definition, run, chunk, table):
-        fetched = await fetch_range(
-            storage,
-            run["file_key"],
-            chunk["byte_start"],
-            chunk["byte_end"],
-            size=await _input_size(storage, run),
-        )
-        if fetched is not None:
-            plan = await _plan_frame(conn, table, fetched, definition, run_id, run, chunk)
+        async with _frame_slot():
+            fetched = await fetch_range(
+                storage,
+                run["file_key"],
+                chunk["byte_start"],
+                chunk["byte_end"],
+                size=await _input_size(storage, run),
+            )
+            if fetched is not None:
+                plan = await _plan_frame(conn, table, fetched, definition, run_id, run, chunk)
     if plan is None:
         raws = await read_chunk(storage, chunk, run_id, index, run, fetched)
         plan = await _plan(conn, table, raws, definition, run_id, run, in_file)
@@ -526,6 +528,22 @@ def _columnar(
 # their frames at once, and worker peak RSS went from 264-274 MB to 292-322 MB.
 _PLANNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-plan")
 T = TypeVar("T")
+
+
+# And one chunk per worker (per event loop) reads and plans a frame at a time, the others
+# waiting before they fetch their bytes: with the loop free, more chunk jobs would otherwise
+# hold their frames at once.
+_frame_slots: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _frame_slot() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    slot = _frame_slots.get(loop)
+    if slot is None:
+        slot = _frame_slots[loop] = asyncio.Semaphore(1)
+    return slot
 
 
 async def _planned(step: Callable[..., T], *args: Any) -> T:
