@@ -44,7 +44,7 @@ def python_steps(path: Path) -> tuple[list[tuple[str, float]], list[Any], list[A
     from app.pipeline.prepare import ChunkValidator
     from app.pipeline.readers.csv_reader import CsvSlice, open_csv, parse_slice
     from app.pipeline.splitter import Splitter
-    from app.pipeline.writer import plan_chunk, plan_frame, unchanged_rows
+    from app.pipeline.writer import plan_chunk, plan_frame, validate_frame
     from app.records.store import Known, canonical
 
     importer = ImporterDefinition.model_validate(definition("parts", "all", 1000))
@@ -141,9 +141,7 @@ def python_steps(path: Path) -> tuple[list[tuple[str, float]], list[Any], list[A
                 # validated.
                 cells = checker.key_cells(frame)
                 assert cells is not None
-                inputs = checker.input_hashes(frame)
-                unchanged = unchanged_rows(cells, inputs, existing, frozenset(), first)
-                validated = checker.validate_except(frame, unchanged, inputs)
+                validated = validate_frame(checker, frame, cells, existing, frozenset(), first)
                 plan_frame(
                     validated,
                     validated.keys,

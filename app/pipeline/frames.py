@@ -494,9 +494,12 @@ class FrameValidator:
         its record's key and content hash), which are not validated: they have no values.
         Such a row must be its key's only one: where a validated row has the key of one, every
         row is validated."""
+
+        def inputs_of(rows: Sequence[int]) -> list[str | None]:
+            return [input_hashes[i] for i in rows]
+
         if not unchanged:
-            validated = self.validate(frame)
-            return replace(validated, input_hashes_of=lambda rows: [input_hashes[i] for i in rows])
+            return replace(self.validate(frame), input_hashes_of=inputs_of)
         rest = [i for i in range(frame.height) if i not in unchanged]
         part = self.validate(frame[rest]) if rest else None
         keys: list[str | None] = [None] * frame.height
@@ -504,10 +507,8 @@ class FrameValidator:
         for i, (key, digest) in unchanged.items():
             keys[i], hashes[i] = key, digest
         errors: dict[int, dict[str, list[str]]] = {}
-        columns: list[Column] = []
-        if part is None:
-            columns = [Column(None) for _ in self.fields]
-        else:
+        columns = [Column(None) for _ in self.fields]
+        if part is not None:
             taken = {key for key, _ in unchanged.values()}
             if not taken.isdisjoint(part.keys):
                 return self.validate_except(frame, {}, input_hashes)
@@ -516,14 +517,7 @@ class FrameValidator:
             errors = {rest[n]: messages for n, messages in part.errors.items()}
             at = {i: n for n, i in enumerate(rest)}
             columns = [_Spread(column, at) for column in part.columns]
-        return Validated(
-            columns,
-            keys,
-            hashes,
-            lambda rows: [input_hashes[i] for i in rows],
-            errors,
-            len(unchanged),
-        )
+        return Validated(columns, keys, hashes, inputs_of, errors, len(unchanged))
 
     def validate(self, frame: pl.DataFrame) -> Validated:
         height = frame.height

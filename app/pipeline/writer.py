@@ -12,11 +12,10 @@ import time
 import weakref
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 import polars as pl
@@ -520,19 +519,13 @@ def _columnar(
     )
 
 
-# A worker's chunks do their work on columns in this one thread, one chunk at a time, so that
-# the event loop goes on meanwhile: the split and the other chunks' statements no longer wait
-# on it (polars runs without the GIL). Measured with bench.run (200k and 100k rows, 2
-# workers): 100k first uploads ran at 182-265k rows/s against 99-126k on the event loop. One
-# thread rather than one per chunk: with as many threads as chunk jobs, more chunks held
-# their frames at once, and worker peak RSS went from 264-274 MB to 292-322 MB.
-_PLANNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-plan")
-T = TypeVar("T")
-
-
-# And one chunk per worker (per event loop) reads and plans a frame at a time, the others
-# waiting before they fetch their bytes: with the loop free, more chunk jobs would otherwise
-# hold their frames at once.
+# A chunk's work on columns runs in a thread, so that the event loop goes on meanwhile: the
+# split and the other chunks' statements no longer wait on it (polars runs without the GIL).
+# Measured with bench.run (100k and 200k rows, 2 workers): 100k first uploads ran at
+# 182-265k rows/s against 99-126k on the event loop. One chunk per worker (per event loop)
+# reads and plans a frame at a time, the others waiting before they fetch their bytes: with
+# the loop free, more chunks held their frames at once, and a 1M-row run's worker peak RSS
+# went to 288-302 MB; with the slot, 259-275 MB.
 _frame_slots: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]" = (
     weakref.WeakKeyDictionary()
 )
@@ -546,10 +539,6 @@ def _frame_slot() -> asyncio.Semaphore:
     return slot
 
 
-async def _planned(step: Callable[..., T], *args: Any) -> T:
-    return await asyncio.get_running_loop().run_in_executor(_PLANNER, step, *args)
-
-
 async def _plan_frame(
     conn: asyncpg.Connection,
     table: Table,
@@ -560,11 +549,11 @@ async def _plan_frame(
     chunk: asyncpg.Record,
 ) -> Plan | None:
     """The plan of a chunk read and validated as columns; None when its rows must go the
-    per-row way (polars declines the bytes). Its work on columns runs in the planning
-    thread (`_planned`)."""
+    per-row way (polars declines the bytes). Its work on columns runs in a thread, one
+    chunk of a worker at a time (`_frame_slot`)."""
     columns = run["columns"]
     part = fetched.part
-    frame = await _planned(frames.read, fetched.data, columns, part.delimiter, part.codec)
+    frame = await asyncio.to_thread(frames.read, fetched.data, columns, part.delimiter, part.codec)
     if frame is None or frame.height != chunk["row_count"]:
         return None
     validator = _validator(definition, run_id, columns).frames
@@ -576,12 +565,12 @@ async def _plan_frame(
     existing: dict[str, Known] = {}
     cells = validator.key_cells(frame)
     if definition.action == "append":
-        validated = await _planned(validator.validate, frame)
+        validated = await asyncio.to_thread(validator.validate, frame)
         keys: Sequence[str | None] = [
             None if i in validated.errors else f"{run_id}:{first + i}" for i in range(frame.height)
         ]
     elif cells is None:
-        validated = await _planned(validator.validate, frame)
+        validated = await asyncio.to_thread(validator.validate, frame)
         keys = validated.keys
         wanted = list({key for key in keys if key is not None})
         existing = await table.known(conn, wanted, compare)
@@ -594,12 +583,9 @@ async def _plan_frame(
         if source_id is not None:  # another source's records are never taken as unchanged
             own = {key: known for key, known in existing.items() if known.source_id == source_id}
 
-        def validate() -> frames.Validated:
-            inputs = validator.input_hashes(frame)
-            unchanged = unchanged_rows(cells, inputs, own, duplicates, first)
-            return validator.validate_except(frame, unchanged, inputs)
-
-        validated = await _planned(validate)
+        validated = await asyncio.to_thread(
+            validate_frame, validator, frame, cells, own, duplicates, first
+        )
         keys = validated.keys
         rest = {key for key in keys if key is not None} - looked_up
         existing.update(await table.known(conn, list(rest), compare))
@@ -611,7 +597,7 @@ async def _plan_frame(
             if known.source_id != source_id
         }
     dry_run = run["dry_run"]
-    plan = await _planned(
+    plan = await asyncio.to_thread(
         partial(
             plan_frame,
             validated,
@@ -630,6 +616,21 @@ async def _plan_frame(
     )
     plan.unvalidated = validated.unvalidated
     return plan
+
+
+def validate_frame(
+    validator: frames.FrameValidator,
+    frame: pl.DataFrame,
+    cells: Sequence[str],
+    own: Mapping[str, Known],
+    duplicates: frozenset[int],
+    first_row: int,
+) -> frames.Validated:
+    """The frame validated but for its rows known unchanged by their input hash
+    (`unchanged_rows`; `cells` are its key cells, `own` the run's records they name)."""
+    inputs = validator.input_hashes(frame)
+    unchanged = unchanged_rows(cells, inputs, own, duplicates, first_row)
+    return validator.validate_except(frame, unchanged, inputs)
 
 
 def unchanged_rows(
