@@ -43,7 +43,7 @@ from app.pipeline.validation import (
     _key_text,
     _text,
 )
-from app.records.store import column_value
+from app.records.store import column_value, copy_text, copy_texts
 from app.records.tables import COLUMN_TYPES
 
 # Below this many rows a chunk goes the per-row way: a frame's fixed cost (some tens of calls
@@ -129,11 +129,12 @@ def _whole_rows(data: bytes, delimiter: str, rows: int, width: int) -> bool:
 
 @dataclass
 class Column:
-    """A validated field's values as its column holds them: polars' where it decided the
-    cell, `patches` (row -> value) where Python did (None in failed rows); a constant field
-    has one value for every row."""
+    """A validated field's values as its column (of type `kind`) holds them: polars' where it
+    decided the cell, `patches` (row -> value) where Python did (None in failed rows); a
+    constant field has one value for every row."""
 
     series: pl.Series | None
+    kind: str = "text"
     patches: dict[int, Any] = field(default_factory=dict)
     constant: Any = None
     _whole: list[Any] | None = None  # every row's, once taken (not to be changed)
@@ -160,13 +161,26 @@ class Column:
                         values[n] = value
         return values
 
+    def texts(self, rows: Sequence[int]) -> pl.Series:
+        """`take`, as the text COPY reads (app.records.store.copy_text): polars writes the
+        values it decided, Python its patches."""
+        if self.series is None:
+            text = copy_text(self.kind, self.constant)
+            return pl.repeat(text, len(rows), dtype=pl.String, eager=True)
+        texts = copy_texts(self.series, self.kind)
+        if self.patches:
+            patched = [copy_text(self.kind, value) for value in self.patches.values()]
+            texts = texts.scatter(list(self.patches), pl.Series(patched, dtype=pl.String))
+        whole = isinstance(rows, range) and rows == range(len(self.series))
+        return texts if whole else texts.gather(list(rows))
+
 
 class _Spread(Column):
     """The column of some rows of a frame (`at`: frame row -> row of `inner`) as a column of
     the whole frame: None in the other rows."""
 
     def __init__(self, inner: Column, at: dict[int, int]) -> None:
-        super().__init__(None)
+        super().__init__(None, inner.kind)
         self.inner, self.at = inner, at
 
     def take(self, rows: Sequence[int]) -> list[Any]:
@@ -175,6 +189,16 @@ class _Spread(Column):
         whole = len(present) == len(self.at)
         values = iter(self.inner.take(range(len(present)) if whole else present))
         return [None if n is None else next(values) for n in mapped]
+
+    def texts(self, rows: Sequence[int]) -> pl.Series:
+        mapped = [self.at.get(i) for i in rows]
+        present = [n for n in mapped if n is not None]
+        whole = len(present) == len(self.at)
+        texts = self.inner.texts(range(len(present)) if whole else present)
+        if len(present) == len(rows):
+            return texts
+        at = [position for position, n in enumerate(mapped) if n is not None]
+        return pl.repeat(None, len(rows), dtype=pl.String, eager=True).scatter(at, texts)
 
 
 @dataclass
@@ -193,10 +217,11 @@ class Validated:
     # Rows known unchanged by their input hash, which were not validated (`validate_except`).
     unvalidated: int = 0
 
-    def values_of(self, rows: Sequence[int]) -> list[list[Any]]:
-        """Per field, the values of rows at the given indexes, in ascending order (None in
-        failed rows)."""
-        return [column.take(rows) for column in self.columns]
+    def texts_of(self, rows: Sequence[int], names: Sequence[str]) -> pl.DataFrame:
+        """The values of rows at the given indexes (in ascending order; None in failed rows)
+        as COPY reads them: a text column per field, named by `names`."""
+        pairs = zip(self.columns, names, strict=True)
+        return pl.DataFrame([column.texts(rows).alias(name) for column, name in pairs])
 
 
 def _as_column(kind: str, value: Any) -> Any:
@@ -507,7 +532,7 @@ class FrameValidator:
         for i, (key, digest) in unchanged.items():
             keys[i], hashes[i] = key, digest
         errors: dict[int, dict[str, list[str]]] = {}
-        columns = [Column(None) for _ in self.fields]
+        columns = [Column(None, NATURAL[f.kind]) for f in self.fields]
         if part is not None:
             taken = {key for key, _ in unchanged.values()}
             if not taken.isdisjoint(part.keys):
@@ -550,11 +575,11 @@ class FrameValidator:
         failed: dict[int, dict[str, list[str]]] = {}
         for position, f in enumerate(self.fields):
             if f.constant:
-                columns.append(Column(None, constant=f.constant_value))
+                columns.append(Column(None, NATURAL[f.kind], constant=f.constant_value))
                 jsons.append(pl.repeat(f.constant_json, height, eager=True, dtype=pl.String))
                 continue
             series = computed.get_column(f"{position}v")
-            column = Column(series)
+            column = Column(series, NATURAL[f.kind])
             json = computed.get_column(f"{position}j")
             patched: dict[int, str] = {}  # row -> its value's JSON, where polars has none
             odd_rows = rows_of[f"{position}o"]

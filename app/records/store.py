@@ -10,15 +10,15 @@ Every statement runs on the caller's asyncpg connection, inside its transaction.
 """
 
 import hashlib
-import weakref
+import io
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from itertools import repeat
 from typing import Any, NamedTuple
 
 import asyncpg
 import orjson
+import polars as pl
 
 from app.core.config import get_settings
 from app.core.errors import Conflict
@@ -52,15 +52,16 @@ Writes = dict[str, Write]
 
 @dataclass(slots=True)
 class Batch:
-    """Records to write, a list per column: keys, content and input hashes, the rows that
-    wrote them, and per field (a table's `fields`, in order) the values as the columns hold
-    them; `extras` what no column holds, as JSON (None: nothing, in every record)."""
+    """Records to write: a list per system column (keys, content and input hashes, the rows
+    that wrote them), `texts` the values of a table's `fields` as COPY reads them (one text
+    column per field, in order; `copy_text`), and `extras` what no column holds, as JSON
+    (None: nothing, in every record)."""
 
     keys: list[str]
     hashes: list[str]
     input_hashes: list[str | None]
     row_numbers: list[int]
-    values: list[list[Any]]
+    texts: pl.DataFrame
     extras: list[str | None] | None = None
 
     def take(self, rows: Sequence[int]) -> "Batch":
@@ -70,29 +71,26 @@ class Batch:
             [self.hashes[i] for i in rows],
             [self.input_hashes[i] for i in rows],
             [self.row_numbers[i] for i in rows],
-            [[column[i] for i in rows] for column in self.values],
+            self.texts[list(rows)] if self.texts.width else self.texts,
             None if self.extras is None else [self.extras[i] for i in rows],
         )
 
-    def copy_rows(
-        self, rows: Sequence[int], source_id: int | None, run_id: int | None
-    ) -> list[tuple[Any, ...]]:
-        """The COPY rows (system columns of `_WRITTEN`, then the fields) of records `rows`."""
-        taken = self.take(rows) if len(rows) != len(self.keys) else self
-        extras = taken.extras if taken.extras is not None else repeat(None)
-        return list(
-            zip(
-                taken.keys,
-                taken.hashes,
-                taken.input_hashes,
-                repeat(source_id),
-                repeat(run_id),
-                taken.row_numbers,
-                extras,
-                *taken.values,
-                strict=False,  # the repeats are endless
-            )
+    def csv(self, source_id: int | None, run_id: int | None) -> bytes:
+        """The records as COPY ... CSV reads them: the system columns of `_WRITTEN`, then
+        the fields. (An unquoted empty field is NULL, a quoted one empty text.)"""
+        height = len(self.keys)
+        extras = self.extras if self.extras is not None else [None] * height
+        columns = (
+            pl.Series(self.keys, dtype=pl.String),
+            pl.Series(self.hashes, dtype=pl.String),
+            pl.Series(self.input_hashes, dtype=pl.String),
+            pl.repeat(source_id, height, dtype=pl.Int32, eager=True),
+            pl.repeat(run_id, height, dtype=pl.Int64, eager=True),
+            pl.Series(self.row_numbers, dtype=pl.Int64),
+            pl.Series(extras, dtype=pl.String),
         )
+        system = pl.DataFrame(dict(zip(_WRITTEN, columns, strict=True)))
+        return system.hstack(self.texts).write_csv(include_header=False).encode()
 
 
 def canonical(data: Mapping[str, Any]) -> tuple[bytes, str]:
@@ -185,9 +183,47 @@ def column_value(kind: str, value: Any) -> Any:
 
 
 _EXACT: dict[str, type] = {"text": str, "bigint": int, "double precision": float, "boolean": bool}
-# How a column travels in the upsert's unnest: lists as JSON (arrays of arrays must be
-# rectangular), the rest as arrays of their own type.
-_UNNEST_TYPE = {"text[]": "jsonb"}
+
+
+def _array_text(values: list[str]) -> str:
+    quoted = ('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
+    return "{" + ",".join(quoted) + "}"
+
+
+# Column type -> a value as its column holds it (column_value) as Postgres reads it from text:
+# what a COPY ... CSV of the records and the upsert send. A double's repr reads back as the
+# same double.
+_TEXT: dict[str, Callable[[Any], str]] = {
+    "text": str,
+    "bigint": str,
+    "double precision": repr,
+    "boolean": lambda value: "true" if value else "false",
+    "date": date.isoformat,
+    "timestamp with time zone": datetime.isoformat,
+    "text[]": _array_text,
+    "jsonb": str,  # JSON text already
+}
+
+
+def copy_text(kind: str, value: Any) -> str | None:
+    """A value as a column of type `kind` holds it (column_value), as Postgres reads it."""
+    return None if value is None else _TEXT[kind](value)
+
+
+# An array element between double quotes: a backslash before each quote and backslash.
+_ARRAY_ELEMENT = pl.lit('"') + pl.element().str.replace_all(r'(["\\])', r"\$1") + pl.lit('"')
+
+
+def copy_texts(values: pl.Series, kind: str) -> pl.Series:
+    """`copy_text` of a polars column of values as a column of type `kind` holds them (text,
+    integers, doubles, booleans, dates, lists of text; a column of nulls)."""
+    if values.dtype == pl.Null or kind in ("text", "jsonb"):
+        return values.cast(pl.String)
+    if kind == "text[]":
+        array = pl.lit("{") + pl.col("v").list.eval(_ARRAY_ELEMENT).list.join(",") + pl.lit("}")
+        return values.to_frame("v").select(array).to_series()
+    # Polars writes a double's shortest text that reads back as it, and ISO dates.
+    return values.cast(pl.String)
 
 
 async def columns_of(conn: asyncpg.Connection, collection: str) -> dict[str, str] | None:
@@ -297,17 +333,20 @@ class Table:
         """Write records: those of `new` keys (none had a record when the chunk looked) by
         COPY, which costs Postgres a third less than INSERT ... ON CONFLICT, then the rest by
         one upsert (`write_batch`)."""
-        extras: list[str | None] = []
-        batch = Batch([], [], [], [], [[] for _ in self.fields], extras)
+        keys, hashes, input_hashes, row_numbers, extras = [], [], [], [], []
+        texts: list[list[str | None]] = [[] for _ in self.fields]
+        kinds = [self.columns[field] for field in self.fields]
         for key, write in writes.items():
             values, extra = self._row(write.data)
-            batch.keys.append(key)
-            batch.hashes.append(write.hash)
-            batch.input_hashes.append(write.input_hash)
-            batch.row_numbers.append(write.row_number)
+            keys.append(key)
+            hashes.append(write.hash)
+            input_hashes.append(write.input_hash)
+            row_numbers.append(write.row_number)
             extras.append(extra)
-            for column, value in zip(batch.values, values, strict=True):
-                column.append(value)
+            for column, kind, value in zip(texts, kinds, values, strict=True):
+                column.append(copy_text(kind, value))
+        frame = pl.DataFrame(texts, schema=dict.fromkeys(self.fields, pl.String), orient="col")
+        batch = Batch(keys, hashes, input_hashes, row_numbers, frame, extras)
         fresh = set(new)
         created = [i for i, key in enumerate(batch.keys) if key in fresh]
         await self.write_batch(conn, source_id, run_id, batch, created)
@@ -327,14 +366,14 @@ class Table:
         upsert."""
         rest = batch
         if new:
-            await self._forget_older_shape(conn)
             await conn.execute("SAVEPOINT new_records")
             try:
-                await conn.copy_records_to_table(
+                await conn.copy_to_table(
                     self.collection,
                     schema_name=get_settings().data_schema,
                     columns=[*_WRITTEN, *self.fields],
-                    records=batch.copy_rows(new, source_id, run_id),
+                    source=io.BytesIO(batch.take(new).csv(source_id, run_id)),
+                    format="csv",
                 )
             except asyncpg.UniqueViolationError:
                 await conn.execute("ROLLBACK TO SAVEPOINT new_records")
@@ -344,29 +383,11 @@ class Table:
                 rest = batch.take([i for i in range(len(batch.keys)) if i not in done])
         await self._upsert(conn, source_id, run_id, rest)
 
-    async def _forget_older_shape(self, conn: asyncpg.Connection) -> None:
-        """asyncpg's COPY encodes rows by the column types of a statement it prepared once per
-        connection and keeps: after an importer changed the table (a column widened), that
-        statement would encode values for the old types. So a connection that saw the
-        table in another shape drops its prepared statements first."""
-        shapes = _SHAPES.setdefault(conn, {})
-        shape = tuple(self.columns.items())
-        if shapes.get(self.name, shape) != shape:
-            await conn.reload_schema_state()
-            shapes.clear()
-        shapes[self.name] = shape
-
     async def _upsert(
         self, conn: asyncpg.Connection, source_id: int | None, run_id: int | None, batch: "Batch"
     ) -> None:
         if not batch.keys:
             return
-        columns = list(batch.values)
-        for position, field in enumerate(self.fields):
-            if self.columns[field] == "text[]":
-                columns[position] = [
-                    None if v is None else _json_text(v) for v in columns[position]
-                ]
         await conn.execute(
             self._upsert_sql(),
             source_id,
@@ -376,21 +397,16 @@ class Table:
             batch.input_hashes,
             batch.row_numbers,
             batch.extras if batch.extras is not None else [None] * len(batch.keys),
-            *columns,
+            *(texts.to_list() for texts in batch.texts.get_columns()),
         )
 
     def _upsert_sql(self) -> str:
         fields = [quoted(field) for field in self.fields]
         kinds = [self.columns[field] for field in self.fields]
-        arrays = ", ".join(
-            f"${position + 8}::{_UNNEST_TYPE.get(kind, kind)}[]"
-            for position, kind in enumerate(kinds)
-        )
+        # Every field travels as text, read as its column's type (copy_text).
+        arrays = ", ".join(f"${position + 8}::text[]" for position in range(len(kinds)))
         selected = ", ".join(
-            f"CASE WHEN t.f{n} IS NOT NULL THEN ARRAY(SELECT jsonb_array_elements_text(t.f{n})) END"
-            if kind == "text[]"
-            else f"t.f{n}"
-            for n, kind in enumerate(kinds)
+            f"t.f{n}" if kind == "text" else f"t.f{n}::{kind}" for n, kind in enumerate(kinds)
         )
         aliases = "".join(f", f{n}" for n in range(len(kinds)))
         updates = "".join(f", {field} = EXCLUDED.{field}" for field in fields)
@@ -428,10 +444,6 @@ WHERE (r._last_run_id IS DISTINCT FROM EXCLUDED._last_run_id
             source_id,
         )
 
-
-# Per connection, the shape (field columns and types) each table had when it last wrote to it.
-_SHAPES: weakref.WeakKeyDictionary[asyncpg.Connection, dict[str, tuple[tuple[str, str], ...]]]
-_SHAPES = weakref.WeakKeyDictionary()
 
 # The system columns a write sets (the rest have defaults), in the order the COPY rows and
 # the upsert give them.

@@ -10,6 +10,7 @@ the csv reader reads from them, or the frame path declines the bytes.
 import csv
 import io
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import polars as pl
@@ -22,7 +23,7 @@ from app.pipeline import frames
 from app.pipeline.prepare import ChunkValidator
 from app.pipeline.readers.csv_reader import CsvSlice, parse_slice
 from app.pipeline.validation import _text
-from app.records.store import column_value, content_hash
+from app.records.store import column_value, content_hash, copy_text
 from tests.pipeline.reference import reference_validate
 from tests.pipeline.test_validation_properties import MISSING, TYPES, cases
 
@@ -44,6 +45,10 @@ def as_csv_cell(cell: Any) -> str:
 
 def shown(value: Any) -> str:
     return repr(value)  # tells 1, 1.0 and True apart
+
+
+def values_of(validated: frames.Validated, rows: Sequence[int]) -> list[list[Any]]:
+    return [column.take(rows) for column in validated.columns]
 
 
 @pytest.mark.parametrize("kind", TYPES)
@@ -73,11 +78,15 @@ def test_a_frame_validates_as_the_reference_validates_its_rows(
     input_hashes = validator.hashes(raws)
     keyed = all(definition.fields[name].type in frames._KEY_KINDS for name in definition.key)
     given = validated.input_hashes_of(range(len(rows)))
-    every_value = validated.values_of(range(len(rows)))
+    every = range(len(rows))
+    every_value = values_of(validated, every)
+    names = list(definition.fields)
+    every_text = validated.texts_of(every, names)
     # Some of the rows, as the same rows of the whole.
-    picked = list(range(len(rows)))[1::2]
+    picked = list(every)[1::2]
     assert validated.input_hashes_of(picked) == given[1::2]
-    assert [shown(v) for v in validated.values_of(picked)] == [shown(v[1::2]) for v in every_value]
+    assert [shown(v) for v in values_of(validated, picked)] == [shown(v[1::2]) for v in every_value]
+    assert validated.texts_of(picked, names).equals(every_text[picked])
     # Rows given as unchanged (every third valid one) are not validated; the others are as
     # in the whole, and so are the keys and hashes given.
     unchanged = {
@@ -92,9 +101,10 @@ def test_a_frame_validates_as_the_reference_validates_its_rows(
         validated.errors,
     )
     rest = [i for i in range(len(rows)) if i not in unchanged]
-    assert [shown(v) for v in partly.values_of(rest)] == [
+    assert [shown(v) for v in values_of(partly, rest)] == [
         shown([v[i] for i in rest]) for v in every_value
     ]
+    assert partly.texts_of(rest, names).equals(every_text[rest])
     assert partly.input_hashes_of(rest) == [given[i] for i in rest]
     # Key cells, where the shortcut takes them, are the per-row path's.
     cells = checker.key_cells(frame)
@@ -114,9 +124,17 @@ def test_a_frame_validates_as_the_reference_validates_its_rows(
         assert validated.hashes[i] == content_hash(wanted), row
         for (name, spec), values in zip(definition.fields.items(), every_value, strict=True):
             expected = wanted[name]
+            kind = frames.NATURAL[spec.type]
             if expected is not None:
-                expected = column_value(frames.NATURAL[spec.type], expected)
+                expected = column_value(kind, expected)
             assert shown(values[i]) == shown(expected), (name, row)
+            # The text COPY reads is Python's text of the value (a double's, one that reads
+            # back as the same double).
+            text, python = every_text[name][i], copy_text(kind, expected)
+            if kind == "double precision" and text is not None and python is not None:
+                assert float(text) == float(python), (name, row)
+            else:
+                assert text == python, (name, row)
         if keyed:
             assert validated.keys[i] == key, row
         hashed = input_hashes[i]
@@ -205,9 +223,12 @@ def test_rows_given_as_unchanged_share_their_key_with_no_validated_row() -> None
     again = checker.validate_except(frame, given, inputs)
     assert again.unvalidated == 0
     assert (again.keys, again.hashes) == (whole.keys, whole.hashes)
-    assert again.values_of(range(3)) == whole.values_of(range(3))
+    assert values_of(again, range(3)) == values_of(whole, range(3))
     alone = checker.validate_except(frame, {2: given[2]}, inputs)
     assert alone.unvalidated == 1
     assert (alone.keys, alone.hashes) == (whole.keys, whole.hashes)
-    assert alone.values_of([0, 1]) == [column[:2] for column in whole.values_of(range(3))]
-    assert alone.values_of(range(3))[1][2] is None  # an unvalidated row has no values
+    assert values_of(alone, [0, 1]) == [column[:2] for column in values_of(whole, range(3))]
+    assert values_of(alone, range(3))[1][2] is None  # an unvalidated row has no values
+    names = ["email", "name"]
+    assert alone.texts_of([0, 1], names).equals(whole.texts_of([0, 1], names))
+    assert alone.texts_of(range(3), names).row(2) == (None, None)

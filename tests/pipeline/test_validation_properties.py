@@ -174,7 +174,9 @@ def plain_cells(kind: str, fmt: str | None, separator: str) -> st.SearchStrategy
         url = r"https?://[a-z0-9.-]{1,10}(:[0-9]{1,5})?(/[a-z0-9/?=&#]{0,10})?"
         return st.from_regex(url, fullmatch=True)
     if kind == "list":
-        items = st.lists(st.sampled_from(["a", "b", " c ", "", "x y", "1"]), max_size=4)
+        # (Quotes, backslashes and braces: what an array's text must escape.)
+        words = ["a", "b", " c ", "", "x y", "1", 'q"u', "b\\s", "{x}"]
+        items = st.lists(st.sampled_from(words), max_size=4)
         return items.map(separator.join)
     return JSON_VALUES.map(lambda value: orjson.dumps(value).decode())
 
