@@ -43,7 +43,7 @@ from app.pipeline.validation import (
     _key_text,
     _text,
 )
-from app.records.store import column_value, copy_text, copy_texts
+from app.records.store import column_value, copy_column, copy_text
 from app.records.tables import COLUMN_TYPES
 
 # Below this many rows a chunk goes the per-row way: a frame's fixed cost (some tens of calls
@@ -161,18 +161,20 @@ class Column:
                         values[n] = value
         return values
 
-    def texts(self, rows: Sequence[int]) -> pl.Series:
-        """`take`, as the text COPY reads (app.records.store.copy_text): polars writes the
-        values it decided, Python its patches."""
+    def copied(self, rows: Sequence[int]) -> pl.Series:
+        """`take`, as a column whose CSV text Postgres reads as the values (app.records.store
+        `copy_column`): the values polars decided, and Python's patches."""
         if self.series is None:
-            text = copy_text(self.kind, self.constant)
-            return pl.repeat(text, len(rows), dtype=pl.String, eager=True)
-        texts = copy_texts(self.series, self.kind)
+            value = copy_text(self.kind, self.constant)
+            return pl.repeat(value, len(rows), dtype=pl.String, eager=True)
+        values = copy_column(self.series, self.kind)
         if self.patches:
-            patched = [copy_text(self.kind, value) for value in self.patches.values()]
-            texts = texts.scatter(list(self.patches), pl.Series(patched, dtype=pl.String))
+            patched = list(self.patches.values())
+            if values.dtype == pl.String and self.series.dtype != pl.String:
+                patched = [copy_text(self.kind, value) for value in patched]  # as text
+            values = values.clone().scatter(list(self.patches), patched)
         whole = isinstance(rows, range) and rows == range(len(self.series))
-        return texts if whole else texts.gather(list(rows))
+        return values if whole else values.gather(list(rows))
 
 
 class _Spread(Column):
@@ -190,15 +192,16 @@ class _Spread(Column):
         values = iter(self.inner.take(range(len(present)) if whole else present))
         return [None if n is None else next(values) for n in mapped]
 
-    def texts(self, rows: Sequence[int]) -> pl.Series:
+    def copied(self, rows: Sequence[int]) -> pl.Series:
         mapped = [self.at.get(i) for i in rows]
         present = [n for n in mapped if n is not None]
         whole = len(present) == len(self.at)
-        texts = self.inner.texts(range(len(present)) if whole else present)
+        values = self.inner.copied(range(len(present)) if whole else present)
         if len(present) == len(rows):
-            return texts
+            return values
         at = [position for position, n in enumerate(mapped) if n is not None]
-        return pl.repeat(None, len(rows), dtype=pl.String, eager=True).scatter(at, texts)
+        spread = pl.repeat(None, len(rows), dtype=values.dtype, eager=True)
+        return spread.scatter(at, values)
 
 
 @dataclass
@@ -217,11 +220,11 @@ class Validated:
     # Rows known unchanged by their input hash, which were not validated (`validate_except`).
     unvalidated: int = 0
 
-    def texts_of(self, rows: Sequence[int], names: Sequence[str]) -> pl.DataFrame:
+    def copied(self, rows: Sequence[int], names: Sequence[str]) -> pl.DataFrame:
         """The values of rows at the given indexes (in ascending order; None in failed rows)
-        as COPY reads them: a text column per field, named by `names`."""
+        as COPY ... CSV writes them: a column per field (`Column.copied`), named by `names`."""
         pairs = zip(self.columns, names, strict=True)
-        return pl.DataFrame([column.texts(rows).alias(name) for column, name in pairs])
+        return pl.DataFrame([column.copied(rows).alias(name) for column, name in pairs])
 
 
 def _as_column(kind: str, value: Any) -> Any:

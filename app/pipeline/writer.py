@@ -769,7 +769,7 @@ def plan_frame(
             [hashes[i] for i in written],  # type: ignore[misc]
             validated.input_hashes_of(written),
             [first_row + i for i in written],
-            validated.texts_of(written, list(definition.fields)),
+            validated.copied(written, list(definition.fields)),
         )
         plan.batch = (batch, new)
     return plan

@@ -10,8 +10,7 @@ Every statement runs on the caller's asyncpg connection, inside its transaction.
 """
 
 import hashlib
-import io
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, NamedTuple
@@ -50,18 +49,22 @@ class Write(NamedTuple):
 Writes = dict[str, Write]
 
 
+# Records per part of a COPY's CSV (about 1 MB of the bench's users).
+CSV_ROWS = 5000
+
+
 @dataclass(slots=True)
 class Batch:
     """Records to write: a list per system column (keys, content and input hashes, the rows
-    that wrote them), `texts` the values of a table's `fields` as COPY reads them (one text
-    column per field, in order; `copy_text`), and `extras` what no column holds, as JSON
-    (None: nothing, in every record)."""
+    that wrote them), `values` those of a table's `fields` (a column per field, in order,
+    whose CSV text Postgres reads as them: `copy_column`), and `extras` what no column
+    holds, as JSON (None: nothing, in every record)."""
 
     keys: list[str]
     hashes: list[str]
     input_hashes: list[str | None]
     row_numbers: list[int]
-    texts: pl.DataFrame
+    values: pl.DataFrame
     extras: list[str | None] | None = None
 
     def take(self, rows: Sequence[int]) -> "Batch":
@@ -71,13 +74,15 @@ class Batch:
             [self.hashes[i] for i in rows],
             [self.input_hashes[i] for i in rows],
             [self.row_numbers[i] for i in rows],
-            self.texts[list(rows)] if self.texts.width else self.texts,
+            self.values[list(rows)] if self.values.width else self.values,
             None if self.extras is None else [self.extras[i] for i in rows],
         )
 
-    def csv(self, source_id: int | None, run_id: int | None) -> bytes:
+    async def csv(self, source_id: int | None, run_id: int | None) -> AsyncIterator[bytes]:
         """The records as COPY ... CSV reads them: the system columns of `_WRITTEN`, then
-        the fields. (An unquoted empty field is NULL, a quoted one empty text.)"""
+        the fields (an unquoted empty field is NULL, a quoted one empty text), written a
+        part of CSV_ROWS records at a time (a whole chunk's CSV at once, and polars' buffer
+        for it, took tens of MB more of a worker's memory)."""
         height = len(self.keys)
         extras = self.extras if self.extras is not None else [None] * height
         columns = (
@@ -89,8 +94,9 @@ class Batch:
             pl.Series(self.row_numbers, dtype=pl.Int64),
             pl.Series(extras, dtype=pl.String),
         )
-        system = pl.DataFrame(dict(zip(_WRITTEN, columns, strict=True)))
-        return system.hstack(self.texts).write_csv(include_header=False).encode()
+        records = pl.DataFrame(dict(zip(_WRITTEN, columns, strict=True))).hstack(self.values)
+        for start in range(0, height, CSV_ROWS):
+            yield records.slice(start, CSV_ROWS).write_csv(include_header=False).encode()
 
 
 def canonical(data: Mapping[str, Any]) -> tuple[bytes, str]:
@@ -214,15 +220,27 @@ def copy_text(kind: str, value: Any) -> str | None:
 _ARRAY_ELEMENT = pl.lit('"') + pl.element().str.replace_all(r'(["\\])', r"\$1") + pl.lit('"')
 
 
-def copy_texts(values: pl.Series, kind: str) -> pl.Series:
-    """`copy_text` of a polars column of values as a column of type `kind` holds them (text,
-    integers, doubles, booleans, dates, lists of text; a column of nulls)."""
-    if values.dtype == pl.Null or kind in ("text", "jsonb"):
-        return values.cast(pl.String)
-    if kind == "text[]":
+# Column types whose values polars writes in CSV as Postgres reads them: a double's shortest
+# text that reads back as it, true and false, ISO dates.
+_AS_POLARS_WRITES = {
+    "text": pl.String,
+    "jsonb": pl.String,
+    "bigint": pl.Int64,
+    "double precision": pl.Float64,
+    "boolean": pl.Boolean,
+    "date": pl.Date,
+}
+
+
+def copy_column(values: pl.Series, kind: str) -> pl.Series:
+    """A polars column of values as a column of type `kind` holds them (text, integers,
+    doubles, booleans, dates, lists of text, or nulls) as one whose CSV text Postgres reads
+    as them (`copy_text`'s): itself, or its text."""
+    if values.dtype == _AS_POLARS_WRITES.get(kind):
+        return values
+    if kind == "text[]" and values.dtype != pl.Null:
         array = pl.lit("{") + pl.col("v").list.eval(_ARRAY_ELEMENT).list.join(",") + pl.lit("}")
         return values.to_frame("v").select(array).to_series()
-    # Polars writes a double's shortest text that reads back as it, and ISO dates.
     return values.cast(pl.String)
 
 
@@ -372,7 +390,7 @@ class Table:
                     self.collection,
                     schema_name=get_settings().data_schema,
                     columns=[*_WRITTEN, *self.fields],
-                    source=io.BytesIO(batch.take(new).csv(source_id, run_id)),
+                    source=batch.take(new).csv(source_id, run_id),
                     format="csv",
                 )
             except asyncpg.UniqueViolationError:
@@ -397,7 +415,7 @@ class Table:
             batch.input_hashes,
             batch.row_numbers,
             batch.extras if batch.extras is not None else [None] * len(batch.keys),
-            *(texts.to_list() for texts in batch.texts.get_columns()),
+            *(values.cast(pl.String).to_list() for values in batch.values.get_columns()),
         )
 
     def _upsert_sql(self) -> str:

@@ -11,7 +11,7 @@ import orjson
 from sqlalchemy.engine import make_url
 
 from app.core.config import Settings
-from app.records.store import Table, Write
+from app.records.store import CSV_ROWS, Table, Write
 from app.records.tables import SYSTEM_COLUMNS
 
 AWKWARD_TEXT = [
@@ -91,5 +91,24 @@ async def test_every_value_reads_back_as_written_by_copy_and_by_upsert(
                 assert read_back(row) == expected, row["_key"]
                 if expected["d"] == 0.0:  # -0.0 keeps its sign
                     assert math.copysign(1, row["d"]) == math.copysign(1, expected["d"])
+    finally:
+        await conn.close()
+
+
+async def test_a_batch_of_many_parts_copies_every_record(settings: Settings) -> None:
+    """A batch longer than a part of the COPY's CSV (CSV_ROWS) goes in whole, in order."""
+    url = make_url(settings.require_database_url()).set(drivername="postgresql")
+    conn = await asyncpg.connect(url.render_as_string(hide_password=False))
+    table = Table("many", {"t": "text"}, ["t"])
+    count = 2 * CSV_ROWS + 1
+    writes = {f"k{n}": Write({"t": f"line\n{n}"}, "h", n, None) for n in range(count)}
+    try:
+        await conn.execute(f"CREATE TABLE ingest_data.many ({SYSTEM_COLUMNS}, t text)")
+        async with conn.transaction():
+            await table.write(conn, None, 1, writes, list(writes))
+        rows = await conn.fetch("SELECT _key, _last_row_number, t FROM ingest_data.many")
+        assert sorted((r["_last_row_number"], r["_key"], r["t"]) for r in rows) == [
+            (n, f"k{n}", f"line\n{n}") for n in range(count)
+        ]
     finally:
         await conn.close()
