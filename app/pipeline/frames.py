@@ -185,19 +185,22 @@ class _Spread(Column):
         super().__init__(None, inner.kind)
         self.inner, self.at = inner, at
 
-    def take(self, rows: Sequence[int]) -> list[Any]:
+    def _inner(self, rows: Sequence[int]) -> tuple[list[int | None], Sequence[int]]:
+        """Per row, its row of `inner` (None: not there), and those rows as `inner` takes
+        them (all of them as a range)."""
         mapped = [self.at.get(i) for i in rows]
         present = [n for n in mapped if n is not None]
-        whole = len(present) == len(self.at)
-        values = iter(self.inner.take(range(len(present)) if whole else present))
+        return mapped, range(len(present)) if len(present) == len(self.at) else present
+
+    def take(self, rows: Sequence[int]) -> list[Any]:
+        mapped, inner = self._inner(rows)
+        values = iter(self.inner.take(inner))
         return [None if n is None else next(values) for n in mapped]
 
     def copied(self, rows: Sequence[int]) -> pl.Series:
-        mapped = [self.at.get(i) for i in rows]
-        present = [n for n in mapped if n is not None]
-        whole = len(present) == len(self.at)
-        values = self.inner.copied(range(len(present)) if whole else present)
-        if len(present) == len(rows):
+        mapped, inner = self._inner(rows)
+        values = self.inner.copied(inner)
+        if len(inner) == len(rows):
             return values
         at = [position for position, n in enumerate(mapped) if n is not None]
         spread = pl.repeat(None, len(rows), dtype=values.dtype, eager=True)

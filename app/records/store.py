@@ -384,13 +384,15 @@ class Table:
         upsert."""
         rest = batch
         if new:
+            # (A first upload's chunk: every record is new, none to take apart.)
+            created = batch if len(new) == len(batch.keys) else batch.take(new)
             await conn.execute("SAVEPOINT new_records")
             try:
                 await conn.copy_to_table(
                     self.collection,
                     schema_name=get_settings().data_schema,
                     columns=[*_WRITTEN, *self.fields],
-                    source=batch.take(new).csv(source_id, run_id),
+                    source=created.csv(source_id, run_id),
                     format="csv",
                 )
             except asyncpg.UniqueViolationError:
